@@ -1,0 +1,357 @@
+//! The ledger's state transitions (DESIGN §2-§5): a pure function of the record, the entry's
+//! position in the log and its ledger time. No clock, no I/O, no randomness, so every replica
+//! that applies the same log reaches the same state.
+
+use std::collections::BTreeMap;
+
+use super::types::*;
+use super::validate::validate_command;
+
+/// The storage a ledger applies commands to. Implemented by the sled state machine and by
+/// [`MemoryLedger`]; the transition logic never sees which.
+pub trait LedgerState {
+    fn record(&self, key: &RecordKey) -> Option<Record>;
+    fn put_record(&mut self, key: &RecordKey, record: Record);
+    /// Ledger time of the last applied entry (0 before the first).
+    fn ledger_time(&self) -> LedgerTime;
+    fn set_ledger_time(&mut self, time: LedgerTime);
+}
+
+/// Where a command sits in the log: the Raft index of its entry and its position inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    pub log_index: u64,
+    pub slot: u16,
+}
+
+impl LogPosition {
+    /// The token a claim granted at this position receives.
+    pub fn token(self) -> FencingToken {
+        FencingToken::new(self.log_index, self.slot)
+    }
+}
+
+/// Applies the commands of one log entry in order. Ledger time never goes backwards: the entry
+/// is applied at `max(entry_time, last applied time)` (DESIGN §5).
+pub fn apply_entry<S: LedgerState>(
+    state: &mut S,
+    log_index: u64,
+    entry_time: LedgerTime,
+    commands: &[Command],
+) -> Vec<CommandResult> {
+    assert!(
+        commands.len() <= super::limits::ENTRY_COMMANDS_MAX,
+        "entry {log_index} carries {} commands, more than ENTRY_COMMANDS_MAX",
+        commands.len()
+    );
+    let now = entry_time.max(state.ledger_time());
+    state.set_ledger_time(now);
+    commands
+        .iter()
+        .enumerate()
+        .map(|(slot, command)| apply(state, LogPosition { log_index, slot: slot as u16 }, now, command))
+        .collect()
+}
+
+/// Applies one command at ledger time `now`. A rejection changes nothing.
+pub fn apply<S: LedgerState>(
+    state: &mut S,
+    position: LogPosition,
+    now: LedgerTime,
+    command: &Command,
+) -> CommandResult {
+    validate_command(command).map_err(Rejection::Invalid)?;
+    let key = command.key();
+    let current = state.record(key);
+    let (next, result) = decide(current.as_ref(), position.token(), now, command);
+    if let Some(next) = next {
+        check_transition(current.as_ref(), &next, position.token());
+        state.put_record(key, next);
+    }
+    result
+}
+
+/// Safety rules that must hold for every stored transition. A violation is a bug in `decide`;
+/// stopping is better than persisting it.
+fn check_transition(current: Option<&Record>, next: &Record, grant: FencingToken) {
+    assert!(next.token <= grant, "a record token {} from the future (grant {grant})", next.token);
+    if let Some(current) = current {
+        // Rule 2: tokens of one key never go backwards; a new claim gets a strictly larger one.
+        assert!(next.token >= current.token, "token went backwards: {} -> {}", current.token, next.token);
+        if next.token != current.token {
+            assert!(next.token > current.token && next.token == grant);
+            assert_eq!(next.attempt, current.attempt + 1, "a new claim must count one more attempt");
+        }
+        // Rule 3: a completed outcome never changes.
+        if let RecordState::Completed { .. } = current.state {
+            assert_eq!(current, next, "a COMPLETED record changed");
+        }
+    }
+}
+
+/// The transition itself: the record to store (None: unchanged) and the answer.
+fn decide(
+    current: Option<&Record>,
+    grant: FencingToken,
+    now: LedgerTime,
+    command: &Command,
+) -> (Option<Record>, CommandResult) {
+    match command {
+        Command::Claim(claim) => decide_claim(current, grant, now, claim),
+        Command::Complete(complete) => decide_complete(current, now, complete),
+        Command::Release(release) => decide_release(current, now, release),
+        Command::ExtendLease(extend) => decide_extend(current, now, extend),
+    }
+}
+
+fn unchanged(result: CommandResult) -> (Option<Record>, CommandResult) {
+    (None, result)
+}
+
+/// A token that is not the record's current one: older tokens were fenced by a later claim,
+/// newer ones were never granted for this key.
+fn wrong_token(given: FencingToken, record: &Record) -> Rejection {
+    if given < record.token {
+        Rejection::Fenced { given, record: Box::new(record.clone()) }
+    } else {
+        Rejection::NotClaimed { given, record: Some(Box::new(record.clone())) }
+    }
+}
+
+fn decide_claim(
+    current: Option<&Record>,
+    grant: FencingToken,
+    now: LedgerTime,
+    claim: &ClaimCommand,
+) -> (Option<Record>, CommandResult) {
+    let Some(record) = current else {
+        let record = new_claim(None, grant, now, claim, None);
+        let answer = claimed_answer(&record, false);
+        return (Some(record), Ok(answer));
+    };
+    if let (Some(stored), Some(given)) = (&record.fingerprint, &claim.fingerprint) {
+        if stored != given {
+            return unchanged(Err(Rejection::FingerprintMismatch { record: Box::new(record.clone()) }));
+        }
+    }
+    match &record.state {
+        RecordState::Claimed { lease_deadline, request_id, checkpoint } => {
+            if now < *lease_deadline {
+                let same_call =
+                    claim.request_id.is_some() && *request_id == claim.request_id && record.owner == claim.owner;
+                if same_call {
+                    return unchanged(Ok(claimed_answer(record, true)));
+                }
+                return unchanged(Ok(Answer::Claim(ClaimOutcome::InProgress {
+                    owner: record.owner.clone(),
+                    lease_deadline: *lease_deadline,
+                    attempt: record.attempt,
+                    retry_after_ms: now.ms_until(*lease_deadline),
+                })));
+            }
+            // The lease lapsed and nobody completed: take the key over under a new token.
+            let previous = PreviousAttempt {
+                ended: PreviousEnd::LeaseLapsed,
+                owner: record.owner.clone(),
+                token: record.token,
+                attempt: record.attempt,
+                checkpoint: checkpoint.clone(),
+            };
+            let next = new_claim(Some(record), grant, now, claim, Some(previous));
+            let answer = claimed_answer(&next, false);
+            (Some(next), Ok(answer))
+        }
+        RecordState::Available { .. } => {
+            let next = new_claim(Some(record), grant, now, claim, record.previous.clone());
+            let answer = claimed_answer(&next, false);
+            (Some(next), Ok(answer))
+        }
+        RecordState::Completed { outcome, completed_at, retained_until } => {
+            unchanged(Ok(Answer::Claim(ClaimOutcome::Completed {
+                outcome: outcome.clone(),
+                completed_at: *completed_at,
+                token: record.token,
+                attempt: record.attempt,
+                retained_until: *retained_until,
+            })))
+        }
+    }
+}
+
+fn new_claim(
+    before: Option<&Record>,
+    grant: FencingToken,
+    now: LedgerTime,
+    claim: &ClaimCommand,
+    previous: Option<PreviousAttempt>,
+) -> Record {
+    let retention_ms =
+        claim.retention_ms.or(before.map(|r| r.retention_ms)).unwrap_or(super::limits::RETENTION_MS_DEFAULT);
+    Record {
+        token: grant,
+        attempt: before.map_or(1, |r| r.attempt + 1),
+        owner: claim.owner.clone(),
+        fingerprint: before.and_then(|r| r.fingerprint.clone()).or_else(|| claim.fingerprint.clone()),
+        created_at: before.map_or(now, |r| r.created_at),
+        retention_ms,
+        previous,
+        state: RecordState::Claimed {
+            lease_deadline: now.plus_ms(claim.lease_ms),
+            request_id: claim.request_id.clone(),
+            checkpoint: Vec::new(),
+        },
+    }
+}
+
+fn claimed_answer(record: &Record, reentrant: bool) -> Answer {
+    let RecordState::Claimed { lease_deadline, .. } = record.state else {
+        unreachable!("claimed_answer on a {} record", record.state_name());
+    };
+    Answer::Claim(ClaimOutcome::Claimed {
+        token: record.token,
+        lease_deadline,
+        attempt: record.attempt,
+        previous: record.previous.clone(),
+        reentrant,
+    })
+}
+
+fn decide_complete(
+    current: Option<&Record>,
+    now: LedgerTime,
+    complete: &CompleteCommand,
+) -> (Option<Record>, CommandResult) {
+    let Some(record) = current else {
+        return unchanged(Err(Rejection::NotClaimed { given: complete.token, record: None }));
+    };
+    if complete.token != record.token {
+        return unchanged(Err(wrong_token(complete.token, record)));
+    }
+    match &record.state {
+        RecordState::Claimed { lease_deadline, .. } => {
+            let retention_ms = complete.retention_ms.unwrap_or(record.retention_ms);
+            let retained_until = now.plus_ms(retention_ms);
+            let next = Record {
+                retention_ms,
+                state: RecordState::Completed { outcome: complete.outcome.clone(), completed_at: now, retained_until },
+                ..record.clone()
+            };
+            let ack = CompleteAck { completed_at: now, retained_until, replayed: false, late: now >= *lease_deadline };
+            (Some(next), Ok(Answer::Complete(ack)))
+        }
+        RecordState::Completed { outcome, completed_at, retained_until } => {
+            if *outcome != complete.outcome {
+                return unchanged(Err(Rejection::OutcomeImmutable { record: Box::new(record.clone()) }));
+            }
+            let ack = CompleteAck {
+                completed_at: *completed_at,
+                retained_until: *retained_until,
+                replayed: true,
+                late: false,
+            };
+            unchanged(Ok(Answer::Complete(ack)))
+        }
+        RecordState::Available { .. } => {
+            unchanged(Err(Rejection::NotClaimed { given: complete.token, record: Some(Box::new(record.clone())) }))
+        }
+    }
+}
+
+fn decide_release(
+    current: Option<&Record>,
+    now: LedgerTime,
+    release: &ReleaseCommand,
+) -> (Option<Record>, CommandResult) {
+    let Some(record) = current else {
+        return unchanged(Err(Rejection::NotClaimed { given: release.token, record: None }));
+    };
+    if release.token != record.token {
+        return unchanged(Err(wrong_token(release.token, record)));
+    }
+    match &record.state {
+        RecordState::Claimed { checkpoint, .. } => {
+            let retained_until = now.plus_ms(record.retention_ms);
+            let checkpoint =
+                if release.checkpoint.is_empty() { checkpoint.clone() } else { release.checkpoint.clone() };
+            let next = Record {
+                previous: Some(PreviousAttempt {
+                    ended: PreviousEnd::Released(release.reason),
+                    owner: record.owner.clone(),
+                    token: record.token,
+                    attempt: record.attempt,
+                    checkpoint,
+                }),
+                state: RecordState::Available { released_at: now, retained_until },
+                ..record.clone()
+            };
+            (Some(next), Ok(Answer::Release(ReleaseAck { retained_until, replayed: false })))
+        }
+        RecordState::Available { retained_until, .. } => {
+            unchanged(Ok(Answer::Release(ReleaseAck { retained_until: *retained_until, replayed: true })))
+        }
+        RecordState::Completed { .. } => {
+            unchanged(Err(Rejection::NotClaimed { given: release.token, record: Some(Box::new(record.clone())) }))
+        }
+    }
+}
+
+fn decide_extend(
+    current: Option<&Record>,
+    now: LedgerTime,
+    extend: &ExtendLeaseCommand,
+) -> (Option<Record>, CommandResult) {
+    let Some(record) = current else {
+        return unchanged(Err(Rejection::NotClaimed { given: extend.token, record: None }));
+    };
+    if extend.token != record.token {
+        return unchanged(Err(wrong_token(extend.token, record)));
+    }
+    match &record.state {
+        RecordState::Claimed { lease_deadline, request_id, checkpoint } => {
+            if now >= *lease_deadline {
+                return unchanged(Err(Rejection::LeaseLapsed {
+                    given: extend.token,
+                    record: Box::new(record.clone()),
+                }));
+            }
+            let lease_deadline = now.plus_ms(extend.lease_ms);
+            let next = Record {
+                state: RecordState::Claimed {
+                    lease_deadline,
+                    request_id: request_id.clone(),
+                    checkpoint: extend.checkpoint.clone().unwrap_or_else(|| checkpoint.clone()),
+                },
+                ..record.clone()
+            };
+            (Some(next), Ok(Answer::ExtendLease(ExtendAck { lease_deadline })))
+        }
+        RecordState::Completed { .. } | RecordState::Available { .. } => {
+            unchanged(Err(Rejection::NotClaimed { given: extend.token, record: Some(Box::new(record.clone())) }))
+        }
+    }
+}
+
+/// An in-memory ledger: the reference state for tests and simulations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryLedger {
+    pub records: BTreeMap<RecordKey, Record>,
+    pub time: LedgerTime,
+}
+
+impl LedgerState for MemoryLedger {
+    fn record(&self, key: &RecordKey) -> Option<Record> {
+        self.records.get(key).cloned()
+    }
+
+    fn put_record(&mut self, key: &RecordKey, record: Record) {
+        self.records.insert(key.clone(), record);
+    }
+
+    fn ledger_time(&self) -> LedgerTime {
+        self.time
+    }
+
+    fn set_ledger_time(&mut self, time: LedgerTime) {
+        self.time = time;
+    }
+}

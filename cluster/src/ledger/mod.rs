@@ -1,0 +1,19 @@
+//! The pure ledger core: records, commands and their transitions (DESIGN §2-§5).
+//!
+//! Nothing here does I/O, reads a clock or draws a random number. The Raft state machine feeds
+//! it committed entries with the leader's ledger time; tests feed it directly.
+
+mod apply;
+pub mod limits;
+mod types;
+mod validate;
+
+pub use apply::apply;
+pub use apply::apply_entry;
+pub use apply::LedgerState;
+pub use apply::LogPosition;
+pub use apply::MemoryLedger;
+pub use types::*;
+pub use validate::validate_command;
+pub use validate::validate_key;
+pub use validate::validate_wait_ms;

@@ -1,0 +1,225 @@
+//! The Raft peer transport over tonic: openraft messages as versioned postcard bytes inside
+//! `dedup.v1.RaftPeer` calls (proto/dedup/v1/raft.proto).
+//!
+//! Client side: one lazily connected channel per peer address, shared by every replication
+//! stream and every `new_client` call (openraft calls it per ReadIndex round). Errors map by
+//! status code: UNAVAILABLE (refused, no route) is `Unreachable`, which makes openraft back off;
+//! anything else is a `NetworkError`, retried on the next heartbeat; an error the peer's Raft
+//! returned is a `RemoteError`, never disguised as a network error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dedup_proto::v1::raft_peer_client::RaftPeerClient;
+use dedup_proto::v1::raft_peer_server::RaftPeer;
+use dedup_proto::v1::raft_peer_server::RaftPeerServer;
+use dedup_proto::v1::RaftReply;
+use dedup_proto::v1::RaftRequest;
+use openraft::error::InstallSnapshotError;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::RaftError;
+use openraft::error::RemoteError;
+use openraft::error::Unreachable;
+use openraft::network::Backoff;
+use openraft::network::RPCOption;
+use openraft::network::RaftNetwork;
+use openraft::network::RaftNetworkFactory;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::InstallSnapshotResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use crate::codec;
+use crate::raft_types::*;
+
+/// Largest peer message, either way. Above the largest AppendEntries (max_payload_entries times
+/// ENTRY_BYTES_MAX) and the snapshot chunk size.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long dialling a peer may take before the call counts as unreachable.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Waits between retries to an unreachable peer: quick at first, then once a second.
+const PEER_BACKOFF_MS: [u64; 5] = [50, 100, 200, 400, 800];
+const PEER_BACKOFF_MS_MAX: u64 = 1000;
+
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+
+/// Creates peer connections for openraft, caching one channel per address.
+#[derive(Clone, Default)]
+pub struct PeerNetwork {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerNetwork {
+    fn channel(&self, address: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().expect("peer channel cache lock");
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("bad peer address {address:?}: {e}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
+        let client = self.channel(&node.addr).map(|channel| {
+            RaftPeerClient::new(channel)
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        });
+        PeerConnection { target, client }
+    }
+}
+
+/// Calls to one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    client: Result<RaftPeerClient<Channel>, String>,
+}
+
+#[derive(Clone, Copy)]
+enum PeerCall {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(&mut self, call: PeerCall, request: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(client) => client,
+            Err(message) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(message.clone()))))
+            }
+        };
+        let payload = codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut grpc_request = tonic::Request::new(RaftRequest { target_node_id: self.target, payload });
+        grpc_request.set_timeout(option.hard_ttl());
+        let reply = match call {
+            PeerCall::AppendEntries => client.append_entries(grpc_request).await,
+            PeerCall::Vote => client.vote(grpc_request).await,
+            PeerCall::InstallSnapshot => client.install_snapshot(grpc_request).await,
+        };
+        let reply = match reply {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
+            Err(status) => return Err(RPCError::Network(NetworkError::new(&status))),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.call(PeerCall::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(PeerCall::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        self.call(PeerCall::Vote, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            PEER_BACKOFF_MS.into_iter().chain(std::iter::repeat(PEER_BACKOFF_MS_MAX)).map(Duration::from_millis),
+        )
+    }
+}
+
+/// The receiving side: hands peer calls to the local Raft.
+pub struct RaftPeerService {
+    node_id: NodeId,
+    raft: Raft,
+}
+
+impl RaftPeerService {
+    pub fn new(node_id: NodeId, raft: Raft) -> RaftPeerService {
+        RaftPeerService { node_id, raft }
+    }
+
+    pub fn into_server(self) -> RaftPeerServer<RaftPeerService> {
+        RaftPeerServer::new(self)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    }
+
+    fn open<T: DeserializeOwned>(&self, request: tonic::Request<RaftRequest>) -> Result<T, tonic::Status> {
+        let request = request.into_inner();
+        if request.target_node_id != self.node_id {
+            // A reused address must not let this node vote or append as another node.
+            return Err(tonic::Status::failed_precondition(format!(
+                "WRONG_NODE: this is node {}, the call was meant for node {}",
+                self.node_id, request.target_node_id
+            )));
+        }
+        codec::decode(&request.payload).map_err(|e| tonic::Status::invalid_argument(format!("bad Raft payload: {e}")))
+    }
+}
+
+fn reply<T: Serialize>(result: &T) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+    let payload = codec::encode(result).map_err(|e| tonic::Status::internal(format!("encoding a Raft reply: {e}")))?;
+    Ok(tonic::Response::new(RaftReply { payload }))
+}
+
+#[tonic::async_trait]
+impl RaftPeer for RaftPeerService {
+    async fn append_entries(
+        &self,
+        request: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: tonic::Request<RaftRequest>) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let rpc: VoteRequest<NodeId> = self.open(request)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+}

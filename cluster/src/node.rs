@@ -1,0 +1,129 @@
+//! Starting one Raft node: storage, network, openraft config and bootstrap.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::InitializeError;
+use openraft::error::RaftError;
+use openraft::SnapshotPolicy;
+
+use crate::clock::Clock;
+use crate::clock::LedgerClock;
+use crate::network::PeerNetwork;
+use crate::proposer::Proposer;
+use crate::raft_types::*;
+use crate::store;
+use crate::store::LedgerReader;
+
+/// Raft timing for three nodes on two busy cores (research openraft-sled.md §9-§10).
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    /// Heartbeats go out every tick (1.5 x this).
+    pub heartbeat_ms: u64,
+    /// Election timeout of node 1; node N waits `(N - 1) * ELECTION_STAGGER_MS` longer, so
+    /// that two survivors can never draw the same timeout and split votes forever (openraft 0.9
+    /// draws it once per process, openraft#1838).
+    pub election_timeout_min_ms: u64,
+    /// How long a proposal may wait for commit before its outcome is reported unknown.
+    pub commit_timeout_ms: u64,
+}
+
+/// Spread of election timeouts between node ids: more than two heartbeat ticks.
+pub const ELECTION_STAGGER_MS: u64 = 300;
+/// Width of each node's election-timeout range.
+pub const ELECTION_RANGE_MS: u64 = 100;
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming { heartbeat_ms: 100, election_timeout_min_ms: 500, commit_timeout_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// The initial members and the `host:port` each serves gRPC on. Must include this node.
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub timing: RaftTiming,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {0} is not among the peers {1:?}")]
+    NotAMember(NodeId, Vec<NodeId>),
+    #[error("opening storage under {dir}: {source}")]
+    Storage { dir: PathBuf, source: std::io::Error },
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    #[error("starting Raft: {0}")]
+    Raft(String),
+}
+
+/// A running Raft node of the ledger.
+#[derive(Clone)]
+pub struct ClusterNode {
+    pub node_id: NodeId,
+    pub raft: Raft,
+    pub reader: LedgerReader,
+    pub proposer: Proposer,
+}
+
+fn raft_config(node_id: NodeId, timing: &RaftTiming) -> Result<openraft::Config, NodeError> {
+    let stagger = (node_id.saturating_sub(1) % 8) * ELECTION_STAGGER_MS;
+    let election_timeout_min = timing.election_timeout_min_ms + stagger;
+    let config = openraft::Config {
+        cluster_name: "dedup-ledger".to_string(),
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min,
+        election_timeout_max: election_timeout_min + ELECTION_RANGE_MS,
+        // The last chunk's RPC includes the follower's install (research P-16).
+        install_snapshot_timeout: 3_000,
+        snapshot_max_chunk_size: 1024 * 1024,
+        max_payload_entries: 64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        purge_batch_size: 256,
+        ..Default::default()
+    };
+    config.validate().map_err(|e| NodeError::Config(e.to_string()))
+}
+
+/// Opens storage, starts Raft and, on a pristine node, forms the cluster from `peers`.
+///
+/// Every pristine node initializes with the same membership, which openraft allows: the vote
+/// decides one leader, so no manual bootstrap step is needed. A node with data skips this and
+/// rejoins with what it has.
+pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<ClusterNode, NodeError> {
+    if !config.peers.contains_key(&config.node_id) {
+        return Err(NodeError::NotAMember(config.node_id, config.peers.keys().copied().collect()));
+    }
+    let raft_config = Arc::new(raft_config(config.node_id, &config.timing)?);
+    let (log_store, state_machine) =
+        store::open(&config.data_dir).map_err(|source| NodeError::Storage { dir: config.data_dir.clone(), source })?;
+    let reader = state_machine.reader();
+    let raft = Raft::new(config.node_id, raft_config, PeerNetwork::default(), log_store, state_machine)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let members: BTreeMap<NodeId, Node> =
+        config.peers.iter().map(|(id, addr)| (*id, Node { addr: addr.clone() })).collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(node_id = config.node_id, "initialized a new cluster from --peers"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+            tracing::info!(node_id = config.node_id, "rejoining with existing data")
+        }
+        Err(error) => return Err(NodeError::Raft(format!("initialize: {error}"))),
+    }
+
+    let ledger_clock = Arc::new(LedgerClock::new(clock));
+    let proposer = Proposer::start(
+        raft.clone(),
+        ledger_clock,
+        reader.clone(),
+        Duration::from_millis(config.timing.commit_timeout_ms),
+    );
+    Ok(ClusterNode { node_id: config.node_id, raft, reader, proposer })
+}

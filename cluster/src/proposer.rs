@@ -1,0 +1,191 @@
+//! The leader-side coalescer (DESIGN §7). openraft 0.9 writes and flushes one log entry per
+//! `client_write`, so concurrent commands are packed into one entry: the proposer takes every
+//! command already queued (up to [`ENTRY_COMMANDS_MAX`] commands and [`ENTRY_BYTES_MAX`] bytes)
+//! into the next entry, stamps it with ledger time and proposes it. While entries are in flight,
+//! new commands queue and form the next one, so batches grow with load and a lone request waits
+//! for no timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::ServerState;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
+
+use crate::clock::LedgerClock;
+use crate::codec;
+use crate::ledger::limits::ENTRY_BYTES_MAX;
+use crate::ledger::limits::ENTRY_COMMANDS_MAX;
+use crate::ledger::Command;
+use crate::ledger::CommandResult;
+use crate::ledger::LedgerTime;
+use crate::raft_types::*;
+use crate::store::LedgerReader;
+
+/// Entries proposed and not yet answered. More than one lets apply and replication of one
+/// entry overlap with the leader's append of the next.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
+/// Commands waiting for an entry. A full queue answers `Overloaded` at once.
+pub const PROPOSAL_QUEUE_MAX: usize = 16 * ENTRY_COMMANDS_MAX;
+
+/// A command that was committed and applied.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub result: CommandResult,
+    /// Raft index of the entry that carried the command.
+    pub log_index: u64,
+    /// Ledger time of that entry.
+    pub ledger_time: LedgerTime,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error("NOT_LEADER: this node is not the leader")]
+    NotLeader { leader_id: Option<NodeId>, leader_address: Option<String> },
+    /// The entry may still commit later: the caller must treat the outcome as unknown.
+    #[error("NO_QUORUM: the entry was not committed within {timeout_ms} ms; its outcome is unknown")]
+    Timeout { timeout_ms: u64 },
+    #[error("OVERLOADED: {PROPOSAL_QUEUE_MAX} commands are already waiting for the log")]
+    Overloaded,
+    #[error("SHUTTING_DOWN: the Raft node stopped: {0}")]
+    Stopped(String),
+}
+
+struct Proposal {
+    command: Command,
+    encoded_bytes: usize,
+    reply: oneshot::Sender<Result<Applied, ProposeError>>,
+}
+
+/// Hands commands to the coalescer. Cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<Proposal>,
+}
+
+impl Proposer {
+    pub fn start(raft: Raft, clock: Arc<LedgerClock>, reader: LedgerReader, commit_timeout: Duration) -> Proposer {
+        let (queue, pending) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+        tokio::spawn(run(raft, clock, reader, commit_timeout, pending));
+        Proposer { queue }
+    }
+
+    /// Proposes one command and waits until it is applied (or fails).
+    pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        let encoded_bytes = codec::encode(&command).map(|b| b.len()).unwrap_or(ENTRY_BYTES_MAX);
+        let (reply, answer) = oneshot::channel();
+        self.queue.try_send(Proposal { command, encoded_bytes, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => ProposeError::Stopped("the proposer stopped".to_string()),
+        })?;
+        answer.await.unwrap_or_else(|_| Err(ProposeError::Stopped("the proposer dropped the command".to_string())))
+    }
+}
+
+async fn run(
+    raft: Raft,
+    clock: Arc<LedgerClock>,
+    reader: LedgerReader,
+    commit_timeout: Duration,
+    mut pending: mpsc::Receiver<Proposal>,
+) {
+    let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+    let mut carried: Option<Proposal> = None;
+    loop {
+        let first = match carried.take() {
+            Some(proposal) => proposal,
+            None => match pending.recv().await {
+                Some(proposal) => proposal,
+                None => return,
+            },
+        };
+        let permit = in_flight.clone().acquire_owned().await.expect("the semaphore is never closed");
+        // Take what queued while we waited for a permit, within the entry's limits.
+        let mut bytes = first.encoded_bytes;
+        let mut batch = vec![first];
+        while batch.len() < ENTRY_COMMANDS_MAX {
+            let Ok(next) = pending.try_recv() else { break };
+            if bytes + next.encoded_bytes > ENTRY_BYTES_MAX {
+                carried = Some(next);
+                break;
+            }
+            bytes += next.encoded_bytes;
+            batch.push(next);
+        }
+        let raft = raft.clone();
+        let clock = clock.clone();
+        let reader = reader.clone();
+        tokio::spawn(async move {
+            propose_entry(&raft, &clock, &reader, commit_timeout, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn propose_entry(
+    raft: &Raft,
+    clock: &LedgerClock,
+    reader: &LedgerReader,
+    commit_timeout: Duration,
+    batch: Vec<Proposal>,
+) {
+    // Copy what we need out of the metrics: holding the watch borrow across an await would block
+    // RaftCore (research P-11).
+    let (term, is_leader, leader_id) = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.current_term, metrics.state == ServerState::Leader, metrics.current_leader)
+    };
+    let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    if !is_leader {
+        let error = not_leader(raft, leader_id);
+        for reply in replies {
+            let _ = reply.send(Err(error.clone()));
+        }
+        return;
+    }
+    let time = clock.stamp(term, reader.applied().ledger_time);
+    let entry = LedgerEntry { time, commands };
+    let outcome = tokio::time::timeout(commit_timeout, raft.client_write(entry)).await;
+    match outcome {
+        Ok(Ok(response)) => {
+            let log_index = response.log_id.index;
+            let results = response.data.results;
+            assert_eq!(results.len(), replies.len(), "one result per command of entry {log_index}");
+            for (result, reply) in results.into_iter().zip(replies) {
+                let _ = reply.send(Ok(Applied { result, log_index, ledger_time: time }));
+            }
+        }
+        Ok(Err(error)) => {
+            let error = match error {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => ProposeError::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_address: forward.leader_node.map(|node| node.addr),
+                },
+                RaftError::APIError(other) => ProposeError::Stopped(other.to_string()),
+                RaftError::Fatal(fatal) => ProposeError::Stopped(fatal.to_string()),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        Err(_elapsed) => {
+            let error = ProposeError::Timeout { timeout_ms: commit_timeout.as_millis() as u64 };
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn not_leader(raft: &Raft, leader_id: Option<NodeId>) -> ProposeError {
+    let leader_address = leader_id.and_then(|id| {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().get_node(&id).map(|node| node.addr.clone())
+    });
+    ProposeError::NotLeader { leader_id, leader_address }
+}

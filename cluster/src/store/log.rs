@@ -1,0 +1,212 @@
+//! The Raft log store on the storage engine (openraft `RaftLogStorage`).
+//!
+//! Durability rules (DESIGN §7, research openraft-sled.md §4):
+//! - `save_vote` and `truncate` return only after a flush.
+//! - `append` makes entries readable at once and reports them durable (the callback) only after
+//!   a flush. One flusher task serves all appends: every append waiting when a flush starts is
+//!   covered by it, so a burst of appends costs one flush.
+//! - `purge` writes `last_purged` before deleting anything, so a crash in between leaves entries
+//!   openraft ignores rather than a hole it cannot explain.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::storage::LogFlushed;
+use openraft::storage::LogState;
+use openraft::storage::RaftLogStorage;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::StorageIOError;
+use tokio::sync::mpsc;
+
+use super::engine::Engine;
+use super::engine::Space;
+use crate::codec;
+use crate::raft_types::*;
+
+const META_VOTE: &[u8] = b"vote";
+const META_COMMITTED: &[u8] = b"committed";
+const META_LAST_PURGED: &[u8] = b"last_purged";
+/// Log entries removed per engine write while purging: bounds one write's size.
+const PURGE_CHUNK_ENTRIES: usize = 4096;
+
+#[derive(Clone)]
+pub struct LogStore {
+    engine: Arc<dyn Engine>,
+    flush_requests: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+fn index_key(index: u64) -> Vec<u8> {
+    index.to_be_bytes().to_vec()
+}
+
+/// Runs blocking engine work (a flush) off the async workers.
+async fn blocking_io<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
+}
+
+impl LogStore {
+    /// Must be called inside a tokio runtime: it starts the flusher task.
+    pub fn new(engine: Arc<dyn Engine>) -> LogStore {
+        let (flush_requests, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run_flusher(engine.clone(), pending));
+        LogStore { engine, flush_requests }
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        match self.engine.get(Space::RaftMeta, key)? {
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(io::Error::other),
+            None => Ok(None),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
+        let bytes = codec::encode(value).map_err(io::Error::other)?;
+        self.engine.write(Space::RaftMeta, vec![(key.to_vec(), Some(bytes))])
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        let engine = self.engine.clone();
+        blocking_io(move || engine.flush()).await
+    }
+
+    fn entries_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> io::Result<Vec<Entry>> {
+        let pairs = self.engine.scan(Space::RaftLog, from, to, usize::MAX)?;
+        pairs.iter().map(|(_, value)| codec::decode::<Entry>(value).map_err(io::Error::other)).collect()
+    }
+
+    /// Removes the entries with index in `(from, to)`, in chunks.
+    fn remove_range(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> io::Result<()> {
+        loop {
+            let keys = self.engine.scan(Space::RaftLog, from.clone(), to.clone(), PURGE_CHUNK_ENTRIES)?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let done = keys.len() < PURGE_CHUNK_ENTRIES;
+            self.engine.write(Space::RaftLog, keys.into_iter().map(|(k, _)| (k, None)).collect())?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Completes append callbacks in groups: one flush for every append queued before it started.
+async fn run_flusher(engine: Arc<dyn Engine>, mut pending: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    while let Some(first) = pending.recv().await {
+        let mut group = vec![first];
+        while let Ok(next) = pending.try_recv() {
+            group.push(next);
+        }
+        let engine = engine.clone();
+        let result = blocking_io(move || engine.flush()).await;
+        if let Err(error) = &result {
+            tracing::error!(%error, "flushing the Raft log failed; the node stops (fail-stop)");
+        }
+        for callback in group {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+            };
+            callback.log_io_completed(outcome);
+        }
+    }
+}
+
+fn bound_key(bound: Bound<&u64>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(index) => Bound::Included(index_key(*index)),
+        Bound::Excluded(index) => Bound::Excluded(index_key(*index)),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.entries_in(bound_key(range.start_bound()), bound_key(range.end_bound()))
+            .map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let read = || -> io::Result<LogState<TypeConfig>> {
+            let last_purged_log_id: Option<LogId> = self.read_meta(META_LAST_PURGED)?;
+            let last_entry = match self.engine.last(Space::RaftLog)? {
+                Some((_, bytes)) => Some(codec::decode::<Entry>(&bytes).map_err(io::Error::other)?.log_id),
+                None => None,
+            };
+            Ok(LogState { last_purged_log_id, last_log_id: last_entry.or(last_purged_log_id) })
+        };
+        read().map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(META_VOTE, vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        // A vote forgotten in a crash would let this node vote twice in one term.
+        self.flush().await.map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(META_VOTE).map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // No flush: losing it only means re-committing on restart; it rides on the next flush.
+        self.write_meta(META_COMMITTED, &committed).map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> = self.read_meta(META_COMMITTED).map_err(|e| StorageIOError::read(&e))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = Vec::new();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.push((index_key(entry.log_id.index), Some(bytes)));
+        }
+        if let Err(error) = self.engine.write(Space::RaftLog, batch) {
+            tracing::error!(%error, "writing Raft log entries failed; the node stops (fail-stop)");
+            callback.log_io_completed(Err(io::Error::new(error.kind(), error.to_string())));
+            return Err(StorageIOError::write_logs(&error).into());
+        }
+        // Readable now; durable once the flusher's next flush finishes.
+        if let Err(returned) = self.flush_requests.send(callback) {
+            returned.0.log_io_completed(Err(io::Error::other("the log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove_range(Bound::Included(index_key(log_id.index)), Bound::Unbounded)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // A truncated entry resurrected by a crash could be applied later: flush first.
+        self.flush().await.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // `last_purged` goes first: after a crash the log state still explains the missing head.
+        self.write_meta(META_LAST_PURGED, &log_id).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush().await.map_err(|e| StorageIOError::write_logs(&e))?;
+        self.remove_range(Bound::Unbounded, Bound::Included(index_key(log_id.index)))
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}

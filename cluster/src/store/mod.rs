@@ -1,0 +1,35 @@
+//! Durable storage of one node: the Raft log and the ledger state machine, both in one engine
+//! database (one sled `Db` per process: its flush is Db-wide, and several Dbs in one process
+//! invite sled's global-lock deadlocks).
+
+mod engine;
+mod log;
+mod state_machine;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use engine::Engine;
+pub use engine::SledEngine;
+pub use engine::Space;
+pub use log::LogStore;
+pub use state_machine::record_storage_key;
+pub use state_machine::AppliedState;
+pub use state_machine::LedgerReader;
+pub use state_machine::ReadError;
+pub use state_machine::SnapshotBuilder;
+pub use state_machine::StateMachineStore;
+
+/// Opens the node's storage under `data_dir` (`sled/` and `snapshot/`). Must be called inside a
+/// tokio runtime (the log store starts its flusher task).
+pub fn open(data_dir: &Path) -> io::Result<(LogStore, StateMachineStore)> {
+    std::fs::create_dir_all(data_dir)?;
+    let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&data_dir.join("sled"))?);
+    let log = LogStore::new(engine.clone());
+    let state_machine = StateMachineStore::new(engine, data_dir.join("snapshot"))?;
+    Ok((log, state_machine))
+}
+
+#[cfg(test)]
+mod suite_tests;

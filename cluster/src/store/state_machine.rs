@@ -1,0 +1,388 @@
+//! The ledger state machine on the storage engine (openraft `RaftStateMachine`).
+//!
+//! Every `apply` call becomes one atomic engine write carrying the changed records, the applied
+//! log id, the membership and the ledger time, so the stored state is always the state after
+//! some whole number of applied entries. It is not flushed here: the next log flush (Db-wide)
+//! persists it, and `build_snapshot` flushes before any log can be purged (research P-4).
+//!
+//! Snapshots are a consistent dump of the ledger space taken between applies, written to a file
+//! (never to a sled value: large values are not synced by sled).
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::io;
+use std::io::Cursor;
+use std::io::Write;
+use std::ops::Bound;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::StorageIOError;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::engine::Engine;
+use super::engine::Space;
+use super::engine::WriteBatch;
+use crate::codec;
+use crate::ledger::apply_entry;
+use crate::ledger::Command;
+use crate::ledger::LedgerState;
+use crate::ledger::LedgerTime;
+use crate::ledger::Record;
+use crate::ledger::RecordKey;
+use crate::raft_types::*;
+
+/// Prefix of record keys in the ledger space.
+const RECORD_PREFIX: u8 = b'r';
+const META_APPLIED: &[u8] = b"m/applied";
+const META_MEMBERSHIP: &[u8] = b"m/membership";
+const META_LEDGER_TIME: &[u8] = b"m/ledger_time";
+const SNAPSHOT_FILE: &str = "current.snap";
+
+/// `RECORD_PREFIX, namespace length, namespace, key`: unambiguous because the namespace length
+/// (at most 64) is explicit.
+pub fn record_storage_key(key: &RecordKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + key.namespace.len() + key.key.len());
+    out.push(RECORD_PREFIX);
+    out.push(u8::try_from(key.namespace.len()).expect("namespace length is validated to at most 64"));
+    out.extend_from_slice(key.namespace.as_bytes());
+    out.extend_from_slice(&key.key);
+    out
+}
+
+/// What the state machine has applied, published after every apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppliedState {
+    pub log_index: u64,
+    pub ledger_time: LedgerTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("storage I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("stored record is unreadable: {0}")]
+    Corrupt(#[from] codec::CodecError),
+}
+
+/// A cheap, cloneable read handle on the local state machine for the services.
+#[derive(Clone)]
+pub struct LedgerReader {
+    engine: Arc<dyn Engine>,
+    applied: watch::Receiver<AppliedState>,
+}
+
+impl LedgerReader {
+    /// The last applied index and ledger time. Read it *before* a record to know the least
+    /// index the record reflects.
+    pub fn applied(&self) -> AppliedState {
+        *self.applied.borrow()
+    }
+
+    /// Follows the applied index (for waiting until a read index is applied).
+    pub fn watch_applied(&self) -> watch::Receiver<AppliedState> {
+        self.applied.clone()
+    }
+
+    pub fn record(&self, key: &RecordKey) -> Result<Option<Record>, ReadError> {
+        match self.engine.get(Space::Ledger, &record_storage_key(key))? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn size_on_disk(&self) -> io::Result<u64> {
+        self.engine.size_on_disk()
+    }
+}
+
+pub struct StateMachineStore {
+    engine: Arc<dyn Engine>,
+    snapshot_dir: PathBuf,
+    applied: watch::Sender<AppliedState>,
+    snapshots_built: u64,
+}
+
+impl StateMachineStore {
+    pub fn new(engine: Arc<dyn Engine>, snapshot_dir: PathBuf) -> io::Result<StateMachineStore> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let (applied, _) = watch::channel(AppliedState::default());
+        let store = StateMachineStore { engine, snapshot_dir, applied, snapshots_built: 0 };
+        let initial = store.read_applied_state()?;
+        store.applied.send_replace(initial);
+        Ok(store)
+    }
+
+    pub fn reader(&self) -> LedgerReader {
+        LedgerReader { engine: self.engine.clone(), applied: self.applied.subscribe() }
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        match self.engine.get(Space::Ledger, key)? {
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(io::Error::other),
+            None => Ok(None),
+        }
+    }
+
+    fn read_applied_state(&self) -> io::Result<AppliedState> {
+        let applied: Option<LogId> = self.read_meta::<Option<LogId>>(META_APPLIED)?.flatten();
+        let ledger_time: LedgerTime = self.read_meta(META_LEDGER_TIME)?.unwrap_or_default();
+        Ok(AppliedState { log_index: applied.map_or(0, |id| id.index), ledger_time })
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.snapshot_dir.join(SNAPSHOT_FILE)
+    }
+}
+
+/// The ledger as one apply call sees it: every record the call's commands name, loaded before
+/// the pure core runs (so storage errors surface here, not inside it), plus the writes of the
+/// entries applied so far. The writes go to the engine in one batch at the end.
+struct ApplyBatch<'a> {
+    engine: &'a dyn Engine,
+    records: BTreeMap<RecordKey, Option<Record>>,
+    written: BTreeSet<RecordKey>,
+    time: LedgerTime,
+}
+
+impl ApplyBatch<'_> {
+    fn load(&mut self, commands: &[Command]) -> io::Result<()> {
+        for command in commands {
+            let key = command.key();
+            if !self.records.contains_key(key) {
+                let stored = match self.engine.get(Space::Ledger, &record_storage_key(key))? {
+                    Some(bytes) => Some(codec::decode::<Record>(&bytes).map_err(io::Error::other)?),
+                    None => None,
+                };
+                self.records.insert(key.clone(), stored);
+            }
+        }
+        Ok(())
+    }
+
+    fn into_writes(self) -> io::Result<WriteBatch> {
+        let mut writes = Vec::with_capacity(self.written.len() + 3);
+        for key in &self.written {
+            let record = self.records[key].as_ref().expect("a written record is present");
+            writes.push((record_storage_key(key), Some(codec::encode(record).map_err(io::Error::other)?)));
+        }
+        Ok(writes)
+    }
+}
+
+impl LedgerState for ApplyBatch<'_> {
+    fn record(&self, key: &RecordKey) -> Option<Record> {
+        self.records.get(key).expect("apply loads every key a command names before applying it").clone()
+    }
+
+    fn put_record(&mut self, key: &RecordKey, record: Record) {
+        self.records.insert(key.clone(), Some(record));
+        self.written.insert(key.clone());
+    }
+
+    fn ledger_time(&self) -> LedgerTime {
+        self.time
+    }
+
+    fn set_ledger_time(&mut self, time: LedgerTime) {
+        self.time = time;
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let read = || -> io::Result<(Option<LogId>, StoredMembership)> {
+            let applied = self.read_meta::<Option<LogId>>(META_APPLIED)?.flatten();
+            Ok((applied, self.read_meta(META_MEMBERSHIP)?.unwrap_or_default()))
+        };
+        read().map_err(|e| StorageIOError::read_state_machine(&e).into())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<EntryResults>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let start_time = self.applied.borrow().ledger_time;
+        let mut batch = ApplyBatch {
+            engine: self.engine.as_ref(),
+            records: BTreeMap::new(),
+            written: BTreeSet::new(),
+            time: start_time,
+        };
+        let mut answers = Vec::new();
+        let mut last_applied = None;
+        let mut membership = None;
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => answers.push(EntryResults::default()),
+                EntryPayload::Normal(ledger_entry) => {
+                    if let Err(error) = batch.load(&ledger_entry.commands) {
+                        tracing::error!(%error, "reading ledger records failed; the node stops (fail-stop)");
+                        return Err(StorageIOError::apply(entry.log_id, &error).into());
+                    }
+                    let results =
+                        apply_entry(&mut batch, entry.log_id.index, ledger_entry.time, &ledger_entry.commands);
+                    answers.push(EntryResults { results });
+                }
+                EntryPayload::Membership(config) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), config));
+                    answers.push(EntryResults::default());
+                }
+            }
+        }
+        let Some(last_applied) = last_applied else {
+            return Ok(answers);
+        };
+        let ledger_time = batch.time;
+        let write = (|| -> io::Result<()> {
+            let mut write = batch.into_writes()?;
+            write.push(meta_pair(META_APPLIED, &Some(last_applied))?);
+            write.push(meta_pair(META_LEDGER_TIME, &ledger_time)?);
+            if let Some(membership) = &membership {
+                write.push(meta_pair(META_MEMBERSHIP, membership)?);
+            }
+            self.engine.write(Space::Ledger, write)
+        })();
+        if let Err(error) = write {
+            tracing::error!(%error, "writing applied state failed; the node stops (fail-stop)");
+            return Err(StorageIOError::apply(last_applied, &error).into());
+        }
+        self.applied.send_replace(AppliedState { log_index: last_applied.index, ledger_time });
+        Ok(answers)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Runs between applies: the dump below is one point in time.
+        self.snapshots_built += 1;
+        let dump = self.engine.scan(Space::Ledger, Bound::Unbounded, Bound::Unbounded, usize::MAX);
+        let meta = (|| -> io::Result<_> {
+            let applied = self.read_meta::<Option<LogId>>(META_APPLIED)?.flatten();
+            let membership: StoredMembership = self.read_meta(META_MEMBERSHIP)?.unwrap_or_default();
+            Ok((applied, membership))
+        })();
+        SnapshotBuilder {
+            engine: self.engine.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            sequence: self.snapshots_built,
+            dump: dump.and_then(|pairs| meta.map(|(applied, membership)| (pairs, applied, membership))),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let signature = Some(meta.signature());
+        let body_bytes = snapshot.into_inner();
+        let body: SnapshotBody =
+            codec::decode(&body_bytes).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        let install = || -> io::Result<AppliedState> {
+            // Replace the whole ledger space in one atomic write: old keys out, snapshot in.
+            let existing = self.engine.scan(Space::Ledger, Bound::Unbounded, Bound::Unbounded, usize::MAX)?;
+            let mut write: BTreeMap<Vec<u8>, Option<Vec<u8>>> = existing.into_iter().map(|(k, _)| (k, None)).collect();
+            for (key, value) in body.pairs {
+                write.insert(key, Some(value));
+            }
+            for (key, value) in
+                [meta_pair(META_APPLIED, &meta.last_log_id)?, meta_pair(META_MEMBERSHIP, &meta.last_membership)?]
+            {
+                write.insert(key, value);
+            }
+            self.engine.write(Space::Ledger, write.into_iter().collect())?;
+            self.engine.flush()?;
+            write_file_durably(&self.snapshot_path(), &codec::encode(&(meta, &body_bytes)).map_err(io::Error::other)?)?;
+            self.read_applied_state()
+        };
+        let applied = install().map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        self.applied.send_replace(applied);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let path = self.snapshot_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(StorageIOError::read_snapshot(None, &error).into()),
+        };
+        let (meta, body): (SnapshotMeta, Vec<u8>) =
+            codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(body)) }))
+    }
+}
+
+fn meta_pair<T: Serialize>(key: &[u8], value: &T) -> io::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    Ok((key.to_vec(), Some(codec::encode(value).map_err(io::Error::other)?)))
+}
+
+/// The snapshot payload: every pair of the ledger space at the snapshot point.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+type Dump = io::Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<LogId>, StoredMembership)>;
+
+pub struct SnapshotBuilder {
+    engine: Arc<dyn Engine>,
+    snapshot_dir: PathBuf,
+    sequence: u64,
+    dump: Dump,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let dump = std::mem::replace(&mut self.dump, Err(io::Error::other("snapshot already built")));
+        let (pairs, last_log_id, last_membership) = dump.map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.sequence),
+            None => format!("0-0-{}", self.sequence),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        let engine = self.engine.clone();
+        let path = self.snapshot_dir.join(SNAPSHOT_FILE);
+        let write_meta = meta.clone();
+        let body_bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            // The state machine must be durable up to the snapshot point before openraft may
+            // purge the logs the snapshot replaces.
+            engine.flush()?;
+            let body_bytes = codec::encode(&SnapshotBody { pairs }).map_err(io::Error::other)?;
+            write_file_durably(&path, &codec::encode(&(&write_meta, &body_bytes)).map_err(io::Error::other)?)?;
+            Ok(body_bytes)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(body_bytes)) })
+    }
+}
+
+/// Writes `bytes` to `path` so that after a crash the file is either the old one or the new one.
+fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("snapshot path has no directory"))?;
+    let temporary = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}

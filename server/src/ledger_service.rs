@@ -1,0 +1,233 @@
+//! The `dedup.v1.Ledger` service. Writes go through the local proposer; a follower forwards them
+//! to the leader once (marked by a header, so a stale hint can never loop) and passes the
+//! leader's answer back unchanged.
+
+use std::future::Future;
+use std::time::Duration;
+
+use dedup_cluster::ledger::Answer;
+use dedup_cluster::ledger::Command;
+use dedup_cluster::ledger::CommandResult;
+use dedup_cluster::node::ClusterNode;
+use dedup_cluster::proposer::Applied;
+use dedup_proto::v1 as pb;
+use dedup_proto::v1::ledger_client::LedgerClient;
+use openraft::error::CheckIsLeaderError;
+use openraft::error::RaftError;
+use tonic::transport::Channel;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic_types::StatusExt;
+
+use crate::convert;
+use crate::error::ServiceError;
+use crate::fail_stop;
+use crate::forward::LeaderChannels;
+use crate::forward::FORWARDED_HEADER;
+
+pub struct LedgerService {
+    node: ClusterNode,
+    leaders: LeaderChannels,
+    /// Bound on one forwarded call: the leader's own commit timeout plus transport slack.
+    forward_timeout: Duration,
+}
+
+impl LedgerService {
+    pub fn new(node: ClusterNode, commit_timeout: Duration) -> LedgerService {
+        LedgerService {
+            node,
+            leaders: LeaderChannels::default(),
+            forward_timeout: commit_timeout + Duration::from_secs(2),
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Result<Applied, ServiceError> {
+        self.node.proposer.propose(command).await.map_err(|e| ServiceError::from_propose(e, self.node.node_id))
+    }
+
+    /// Answers a write locally, or forwards it when this node is not the leader.
+    async fn write<Req, Resp, Call, Fut>(
+        &self,
+        request: Request<Req>,
+        to_command: fn(Req) -> Result<Command, ServiceError>,
+        to_response: fn(Applied) -> Result<Resp, ServiceError>,
+        forward: Call,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone,
+        Call: FnOnce(LedgerClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let message = request.into_inner();
+        let command = to_command(message.clone())?;
+        match self.propose(command).await {
+            Ok(applied) => Ok(Response::new(to_response(applied)?)),
+            Err(ServiceError::NotLeader { leader_address: Some(address), .. }) if !forwarded => {
+                self.forward(&address, message, forward).await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn forward<Req, Resp, Call, Fut>(
+        &self,
+        address: &str,
+        message: Req,
+        call: Call,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Call: FnOnce(LedgerClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let client = self
+            .leaders
+            .client(address)
+            .map_err(|message| ServiceError::ForwardFailed { leader_address: address.to_string(), message })?;
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        request.set_timeout(self.forward_timeout);
+        match call(client, request).await {
+            Ok(response) => Ok(response),
+            // The leader's own answer (it carries ErrorInfo): pass it through unchanged.
+            Err(status) if status.get_details_error_info().is_some() => Err(status),
+            // Transport trouble on the way to the leader.
+            Err(status) => Err(ServiceError::ForwardFailed {
+                leader_address: address.to_string(),
+                message: format!("{}: {}", status.code(), status.message()),
+            }
+            .into()),
+        }
+    }
+
+    fn read_local(&self, key: dedup_cluster::ledger::RecordKey) -> Result<pb::GetResponse, ServiceError> {
+        // The applied index read first is a lower bound of what the record reflects.
+        let applied = self.node.reader.applied();
+        let record = match self.node.reader.record(&key) {
+            Ok(record) => record,
+            Err(error) => fail_stop::stop(&format!("reading record {key}: {error}")),
+        };
+        Ok(pb::GetResponse {
+            record: record.map(|r| convert::record_view(&key, &r, applied.log_index, applied.ledger_time)),
+            // Nothing is purged yet: retention purging comes with compaction.
+            purge_horizon_ms: 0,
+            applied_index: applied.log_index,
+            ledger_time_ms: applied.ledger_time.as_ms(),
+        })
+    }
+}
+
+fn answer(result: CommandResult) -> Result<Answer, ServiceError> {
+    result.map_err(ServiceError::Rejected)
+}
+
+fn mismatched(answer: &Answer) -> ServiceError {
+    ServiceError::Storage(format!("the ledger answered a command with the wrong kind of answer: {answer:?}"))
+}
+
+fn claim_response(applied: Applied) -> Result<pb::CheckAndClaimResponse, ServiceError> {
+    match answer(applied.result)? {
+        Answer::Claim(outcome) => Ok(convert::claim_response(outcome, applied.log_index, applied.ledger_time)),
+        other => Err(mismatched(&other)),
+    }
+}
+
+fn complete_response(applied: Applied) -> Result<pb::CompleteResponse, ServiceError> {
+    match answer(applied.result)? {
+        Answer::Complete(ack) => Ok(pb::CompleteResponse {
+            completed_at_ms: ack.completed_at.as_ms(),
+            retained_until_ms: ack.retained_until.as_ms(),
+            replayed: ack.replayed,
+            late: ack.late,
+            applied_index: applied.log_index,
+        }),
+        other => Err(mismatched(&other)),
+    }
+}
+
+fn release_response(applied: Applied) -> Result<pb::ReleaseResponse, ServiceError> {
+    match answer(applied.result)? {
+        Answer::Release(ack) => Ok(pb::ReleaseResponse {
+            retained_until_ms: ack.retained_until.as_ms(),
+            replayed: ack.replayed,
+            applied_index: applied.log_index,
+        }),
+        other => Err(mismatched(&other)),
+    }
+}
+
+fn extend_response(applied: Applied) -> Result<pb::ExtendLeaseResponse, ServiceError> {
+    match answer(applied.result)? {
+        Answer::ExtendLease(ack) => Ok(pb::ExtendLeaseResponse {
+            lease_deadline_ms: ack.lease_deadline.as_ms(),
+            applied_index: applied.log_index,
+        }),
+        other => Err(mismatched(&other)),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ledger_server::Ledger for LedgerService {
+    async fn check_and_claim(
+        &self,
+        request: Request<pb::CheckAndClaimRequest>,
+    ) -> Result<Response<pb::CheckAndClaimResponse>, Status> {
+        self.write(
+            request,
+            convert::claim_command,
+            claim_response,
+            |mut c, r| async move { c.check_and_claim(r).await },
+        )
+        .await
+    }
+
+    async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {
+        self.write(request, convert::complete_command, complete_response, |mut c, r| async move { c.complete(r).await })
+            .await
+    }
+
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        self.write(request, convert::release_command, release_response, |mut c, r| async move { c.release(r).await })
+            .await
+    }
+
+    async fn extend_lease(
+        &self,
+        request: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        self.write(request, convert::extend_command, extend_response, |mut c, r| async move { c.extend_lease(r).await })
+            .await
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let message = request.into_inner();
+        let key = convert::record_key(message.namespace.clone(), message.key.clone())?;
+        let consistency = pb::Consistency::try_from(message.consistency).unwrap_or(pb::Consistency::Linearizable);
+        if consistency == pb::Consistency::AnyReplica {
+            return Ok(Response::new(self.read_local(key)?));
+        }
+        // Linearizable: confirm leadership with a quorum (ReadIndex) and wait until that index is
+        // applied here, then read locally.
+        let this_node = self.node.node_id;
+        match self.node.raft.ensure_linearizable().await {
+            Ok(_) => Ok(Response::new(self.read_local(key)?)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
+                let leader_address = to.leader_node.map(|node| node.addr);
+                match leader_address {
+                    Some(address) if !forwarded => {
+                        self.forward(&address, message, |mut c, r| async move { c.get(r).await }).await
+                    }
+                    leader_address => {
+                        Err(ServiceError::NotLeader { this_node, leader_id: to.leader_id, leader_address }.into())
+                    }
+                }
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(ServiceError::NoQuorum(format!("NO_QUORUM: the leader could not confirm a quorum: {e}")).into())
+            }
+            Err(RaftError::Fatal(fatal)) => Err(ServiceError::ShuttingDown(fatal.to_string()).into()),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Harness for multi-process tests: real `dedupd` processes on loopback, each with its own data
+//! folder, that a test can kill with SIGKILL and restart.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use dedup_proto::v1::admin_client::AdminClient;
+use dedup_proto::v1::NodeStatusRequest;
+use dedup_proto::v1::NodeStatusResponse;
+
+/// How long a cluster may take to elect a leader (elections are 0.5-1.2 s; slack for busy CI).
+pub const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// Path of a binary of this workspace, built by `cargo build --bins` (the test command does it).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(format!("{}_BIN", name.to_uppercase())) {
+        return PathBuf::from(path);
+    }
+    // Test executables live in target/<profile>/deps; binaries in target/<profile>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile> directory");
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} is missing: build the binaries first (`cargo build --bins`)", path.display());
+    path
+}
+
+/// Ports that were free a moment ago (bound and released).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+pub struct Node {
+    pub id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    process: Option<Child>,
+}
+
+/// A three-node cluster of real `dedupd` processes.
+pub struct Cluster {
+    pub nodes: BTreeMap<u64, Node>,
+    peers: String,
+    _root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts three nodes and waits until one of them leads.
+    pub async fn start() -> Cluster {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let ports = free_ports(3);
+        let nodes: BTreeMap<u64, Node> = (1..=3u64)
+            .map(|id| {
+                let node = Node {
+                    id,
+                    address: format!("127.0.0.1:{}", ports[id as usize - 1]),
+                    data_dir: root.path().join(format!("node-{id}")),
+                    process: None,
+                };
+                (id, node)
+            })
+            .collect();
+        let peers = nodes.values().map(|n| format!("{}={}", n.id, n.address)).collect::<Vec<_>>().join(",");
+        let mut cluster = Cluster { nodes, peers, _root: root };
+        for id in 1..=3 {
+            cluster.start_node(id);
+        }
+        cluster.wait_for_leader(None).await;
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.address.clone()).collect()
+    }
+
+    pub fn endpoint(&self, id: u64) -> String {
+        self.nodes[&id].address.clone()
+    }
+
+    /// Starts (or restarts) a node with its existing data folder.
+    pub fn start_node(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        let node = self.nodes.get_mut(&id).expect("node id");
+        assert!(node.process.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.with_extension("log"))
+            .expect("node log file");
+        let child = Command::new(workspace_binary("dedupd"))
+            .args(["--node-id", &id.to_string(), "--listen", &node.address, "--peers", &peers])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .env("DEDUP_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn dedupd");
+        node.process = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs, unflushed state is lost.
+    pub fn kill_node(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("node id");
+        let mut child = node.process.take().unwrap_or_else(|| panic!("node {id} is not running"));
+        child.kill().expect("SIGKILL dedupd");
+        child.wait().expect("reap dedupd");
+    }
+
+    pub fn is_running(&mut self, id: u64) -> bool {
+        let node = self.nodes.get_mut(&id).expect("node id");
+        match node.process.as_mut() {
+            Some(child) => child.try_wait().expect("poll dedupd").is_none(),
+            None => false,
+        }
+    }
+
+    /// The last lines of a node's log, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(self.nodes[&id].data_dir.with_extension("log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub async fn status(&self, id: u64) -> Result<NodeStatusResponse, String> {
+        node_status(&self.nodes[&id].address).await
+    }
+
+    /// Waits until a running node other than `not` reports itself leader, and returns its id.
+    pub async fn wait_for_leader(&mut self, not: Option<u64>) -> u64 {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+                if Some(id) == not || !self.is_running(id) {
+                    continue;
+                }
+                if let Ok(status) = self.status(id).await {
+                    if status.role == "leader" {
+                        return id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {LEADER_WAIT:?}:\n{}", self.all_logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(status) = self.status(id).await {
+                if status.applied_index >= index {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "node {id} did not apply index {index} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn all_logs(&self) -> String {
+        self.nodes.keys().map(|id| format!("--- node {id} ---\n{}", self.log_tail(*id))).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.process.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub async fn node_status(address: &str) -> Result<NodeStatusResponse, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(2));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    AdminClient::new(channel).node_status(NodeStatusRequest {}).await.map(|r| r.into_inner()).map_err(|e| e.to_string())
+}
