@@ -191,3 +191,25 @@ pub async fn node_status(address: &str) -> Result<NodeStatusResponse, String> {
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     AdminClient::new(channel).node_status(NodeStatusRequest {}).await.map(|r| r.into_inner()).map_err(|e| e.to_string())
 }
+
+/// Raw gRPC access to one node's ledger API, for tests that pin the wire contract.
+pub async fn ledger(address: &str) -> dedup_proto::v1::ledger_client::LedgerClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    dedup_proto::v1::ledger_client::LedgerClient::new(channel)
+}
+
+/// The `google.rpc.ErrorInfo` reason of an error status ("" when it has none).
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status.get_details_error_info().map(|info| info.reason).unwrap_or_default()
+}
+
+/// An `ErrorInfo` metadata value of an error status.
+pub fn error_metadata(status: &tonic::Status, key: &str) -> Option<String> {
+    use tonic_types::StatusExt;
+    status.get_details_error_info().and_then(|info| info.metadata.get(key).cloned())
+}
