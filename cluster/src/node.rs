@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ pub struct ClusterNode {
     pub raft: Raft,
     pub reader: LedgerReader,
     pub proposer: Proposer,
+    /// Raft log flushes since start (see `LogStore::flush_counter`).
+    pub log_flushes: Arc<AtomicU64>,
 }
 
 fn raft_config(node_id: NodeId, timing: &RaftTiming) -> Result<openraft::Config, NodeError> {
@@ -104,6 +107,7 @@ pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<ClusterN
     let (log_store, state_machine) =
         store::open(&config.data_dir).map_err(|source| NodeError::Storage { dir: config.data_dir.clone(), source })?;
     let reader = state_machine.reader();
+    let log_flushes = log_store.flush_counter();
     let raft = Raft::new(config.node_id, raft_config, PeerNetwork::default(), log_store, state_machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -125,5 +129,5 @@ pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<ClusterN
         reader.clone(),
         Duration::from_millis(config.timing.commit_timeout_ms),
     );
-    Ok(ClusterNode { node_id: config.node_id, raft, reader, proposer })
+    Ok(ClusterNode { node_id: config.node_id, raft, reader, proposer, log_flushes })
 }

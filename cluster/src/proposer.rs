@@ -5,6 +5,8 @@
 //! new commands queue and form the next one, so batches grow with load and a lone request waits
 //! for no timer.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,17 +62,32 @@ struct Proposal {
     reply: oneshot::Sender<Result<Applied, ProposeError>>,
 }
 
+/// What the proposer has done since the process started.
+#[derive(Debug, Default)]
+pub struct ProposerStats {
+    /// Entries committed and applied that this node proposed.
+    pub entries: AtomicU64,
+    /// Commands those entries carried.
+    pub commands: AtomicU64,
+}
+
 /// Hands commands to the coalescer. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::Sender<Proposal>,
+    stats: Arc<ProposerStats>,
 }
 
 impl Proposer {
     pub fn start(raft: Raft, clock: Arc<LedgerClock>, reader: LedgerReader, commit_timeout: Duration) -> Proposer {
         let (queue, pending) = mpsc::channel(PROPOSAL_QUEUE_MAX);
-        tokio::spawn(run(raft, clock, reader, commit_timeout, pending));
-        Proposer { queue }
+        let stats = Arc::new(ProposerStats::default());
+        tokio::spawn(run(raft, clock, reader, commit_timeout, pending, stats.clone()));
+        Proposer { queue, stats }
+    }
+
+    pub fn stats(&self) -> &ProposerStats {
+        &self.stats
     }
 
     /// Proposes one command and waits until it is applied (or fails).
@@ -91,6 +108,7 @@ async fn run(
     reader: LedgerReader,
     commit_timeout: Duration,
     mut pending: mpsc::Receiver<Proposal>,
+    stats: Arc<ProposerStats>,
 ) {
     let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     let mut carried: Option<Proposal> = None;
@@ -118,8 +136,9 @@ async fn run(
         let raft = raft.clone();
         let clock = clock.clone();
         let reader = reader.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
-            propose_entry(&raft, &clock, &reader, commit_timeout, batch).await;
+            propose_entry(&raft, &clock, &reader, commit_timeout, batch, &stats).await;
             drop(permit);
         });
     }
@@ -131,6 +150,7 @@ async fn propose_entry(
     reader: &LedgerReader,
     commit_timeout: Duration,
     batch: Vec<Proposal>,
+    stats: &ProposerStats,
 ) {
     // Copy what we need out of the metrics: holding the watch borrow across an await would block
     // RaftCore (research P-11).
@@ -155,6 +175,8 @@ async fn propose_entry(
             let log_index = response.log_id.index;
             let results = response.data.results;
             assert_eq!(results.len(), replies.len(), "one result per command of entry {log_index}");
+            stats.entries.fetch_add(1, Ordering::Relaxed);
+            stats.commands.fetch_add(results.len() as u64, Ordering::Relaxed);
             for (result, reply) in results.into_iter().zip(replies) {
                 let _ = reply.send(Ok(Applied { result, log_index, ledger_time: time }));
             }

@@ -1,5 +1,7 @@
 //! The `dedup.v1.Admin` service: this node's view of Raft.
 
+use std::sync::atomic::Ordering;
+
 use dedup_cluster::node::ClusterNode;
 use dedup_proto::v1 as pb;
 use openraft::ServerState;
@@ -54,6 +56,9 @@ impl pb::admin_server::Admin for AdminService {
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
             purged_index: metrics.purged.map_or(0, |id| id.index),
             millis_since_quorum_ack: metrics.millis_since_quorum_ack.unwrap_or(0),
+            entries_proposed: self.node.proposer.stats().entries.load(Ordering::Relaxed),
+            commands_proposed: self.node.proposer.stats().commands.load(Ordering::Relaxed),
+            log_flushes: self.node.log_flushes.load(Ordering::Relaxed),
         }))
     }
 }

@@ -12,6 +12,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::storage::LogFlushed;
@@ -37,6 +39,7 @@ const PURGE_CHUNK_ENTRIES: usize = 4096;
 pub struct LogStore {
     engine: Arc<dyn Engine>,
     flush_requests: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flushes: Arc<AtomicU64>,
 }
 
 fn index_key(index: u64) -> Vec<u8> {
@@ -52,8 +55,14 @@ impl LogStore {
     /// Must be called inside a tokio runtime: it starts the flusher task.
     pub fn new(engine: Arc<dyn Engine>) -> LogStore {
         let (flush_requests, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run_flusher(engine.clone(), pending));
-        LogStore { engine, flush_requests }
+        let flushes = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run_flusher(engine.clone(), pending, flushes.clone()));
+        LogStore { engine, flush_requests, flushes }
+    }
+
+    /// Flushes this store has made since it opened (appends, votes, truncations, purges).
+    pub fn flush_counter(&self) -> Arc<AtomicU64> {
+        self.flushes.clone()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -70,6 +79,7 @@ impl LogStore {
 
     async fn flush(&self) -> io::Result<()> {
         let engine = self.engine.clone();
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         blocking_io(move || engine.flush()).await
     }
 
@@ -95,13 +105,18 @@ impl LogStore {
 }
 
 /// Completes append callbacks in groups: one flush for every append queued before it started.
-async fn run_flusher(engine: Arc<dyn Engine>, mut pending: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+async fn run_flusher(
+    engine: Arc<dyn Engine>,
+    mut pending: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+    flushes: Arc<AtomicU64>,
+) {
     while let Some(first) = pending.recv().await {
         let mut group = vec![first];
         while let Ok(next) = pending.try_recv() {
             group.push(next);
         }
         let engine = engine.clone();
+        flushes.fetch_add(1, Ordering::Relaxed);
         let result = blocking_io(move || engine.flush()).await;
         if let Err(error) = &result {
             tracing::error!(%error, "flushing the Raft log failed; the node stops (fail-stop)");
