@@ -32,4 +32,6 @@ pub fn open(data_dir: &Path) -> io::Result<(LogStore, StateMachineStore)> {
 }
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod suite_tests;
