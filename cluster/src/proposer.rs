@@ -39,7 +39,7 @@ pub struct Applied {
     pub result: CommandResult,
     /// Raft index of the entry that carried the command.
     pub log_index: u64,
-    /// Ledger time of that entry.
+    /// Ledger time the entry was applied at.
     pub ledger_time: LedgerTime,
 }
 
@@ -173,12 +173,13 @@ async fn propose_entry(
     match outcome {
         Ok(Ok(response)) => {
             let log_index = response.log_id.index;
+            let ledger_time = response.data.ledger_time;
             let results = response.data.results;
             assert_eq!(results.len(), replies.len(), "one result per command of entry {log_index}");
             stats.entries.fetch_add(1, Ordering::Relaxed);
             stats.commands.fetch_add(results.len() as u64, Ordering::Relaxed);
             for (result, reply) in results.into_iter().zip(replies) {
-                let _ = reply.send(Ok(Applied { result, log_index, ledger_time: time }));
+                let _ = reply.send(Ok(Applied { result, log_index, ledger_time }));
             }
         }
         Ok(Err(error)) => {

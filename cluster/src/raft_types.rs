@@ -28,6 +28,8 @@ pub struct LedgerEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct EntryResults {
     pub results: Vec<CommandResult>,
+    /// The ledger time the entry was applied at: `max(entry time, last applied time)`.
+    pub ledger_time: LedgerTime,
 }
 
 openraft::declare_raft_types!(

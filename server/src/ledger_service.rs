@@ -141,6 +141,7 @@ fn complete_response(applied: Applied) -> Result<pb::CompleteResponse, ServiceEr
             replayed: ack.replayed,
             late: ack.late,
             applied_index: applied.log_index,
+            ledger_time_ms: applied.ledger_time.as_ms(),
         }),
         other => Err(mismatched(&other)),
     }
@@ -152,6 +153,7 @@ fn release_response(applied: Applied) -> Result<pb::ReleaseResponse, ServiceErro
             retained_until_ms: ack.retained_until.as_ms(),
             replayed: ack.replayed,
             applied_index: applied.log_index,
+            ledger_time_ms: applied.ledger_time.as_ms(),
         }),
         other => Err(mismatched(&other)),
     }

@@ -72,8 +72,24 @@ impl Cluster {
         for id in 1..=3 {
             cluster.start_node(id);
         }
-        cluster.wait_for_leader(None).await;
+        let leader = cluster.wait_for_leader(None).await;
+        cluster.wait_until_all_follow(leader).await;
         cluster
+    }
+
+    /// Waits until every running node names `leader` as its leader, so that a follower can
+    /// forward from the first call on.
+    pub async fn wait_until_all_follow(&mut self, leader: u64) {
+        let deadline = Instant::now() + LEADER_WAIT;
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            while self.is_running(id) {
+                if self.status(id).await.is_ok_and(|s| s.leader_id == leader) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {id} does not follow leader {leader}:\n{}", self.all_logs());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -4,6 +4,8 @@
 //! it committed entries with the leader's ledger time; tests feed it directly.
 
 mod apply;
+#[cfg(test)]
+mod apply_tests;
 pub mod limits;
 mod types;
 mod validate;

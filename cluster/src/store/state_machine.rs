@@ -233,7 +233,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                     let results =
                         apply_entry(&mut batch, entry.log_id.index, ledger_entry.time, &ledger_entry.commands);
-                    answers.push(EntryResults { results });
+                    answers.push(EntryResults { results, ledger_time: batch.time });
                 }
                 EntryPayload::Membership(config) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), config));
