@@ -164,6 +164,7 @@ fn extend_response(applied: Applied) -> Result<pb::ExtendLeaseResponse, ServiceE
         Answer::ExtendLease(ack) => Ok(pb::ExtendLeaseResponse {
             lease_deadline_ms: ack.lease_deadline.as_ms(),
             applied_index: applied.log_index,
+            ledger_time_ms: applied.ledger_time.as_ms(),
         }),
         other => Err(mismatched(&other)),
     }
