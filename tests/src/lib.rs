@@ -131,6 +131,23 @@ impl Cluster {
         child.wait().expect("reap dedupd");
     }
 
+    /// SIGSTOP: the process stays alive but does nothing (a GC pause, a stalled VM).
+    pub fn pause_node(&mut self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// SIGCONT after [`Cluster::pause_node`].
+    pub fn resume_node(&mut self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&mut self, id: u64, signal: &str) {
+        let node = self.nodes.get_mut(&id).expect("node id");
+        let pid = node.process.as_ref().unwrap_or_else(|| panic!("node {id} is not running")).id();
+        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     pub fn is_running(&mut self, id: u64) -> bool {
         let node = self.nodes.get_mut(&id).expect("node id");
         match node.process.as_mut() {
@@ -192,6 +209,8 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for node in self.nodes.values_mut() {
             if let Some(mut child) = node.process.take() {
+                // A paused process must be resumed to die promptly on some systems.
+                let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
                 let _ = child.kill();
                 let _ = child.wait();
             }
