@@ -29,7 +29,13 @@ pub struct RaftTiming {
     pub election_timeout_min_ms: u64,
     /// How long a proposal may wait for commit before its outcome is reported unknown.
     pub commit_timeout_ms: u64,
+    /// A snapshot is built after this many entries since the last one; the log before it is
+    /// then purged, keeping `SNAPSHOT_LOGS_KEPT` entries for lagging followers.
+    pub snapshot_logs_since_last: u64,
 }
+
+/// Entries kept behind a snapshot, so that a briefly lagging follower catches up from the log.
+pub const SNAPSHOT_LOGS_KEPT: u64 = 1_000;
 
 /// Spread of election timeouts between node ids: more than two heartbeat ticks.
 pub const ELECTION_STAGGER_MS: u64 = 300;
@@ -38,7 +44,12 @@ pub const ELECTION_RANGE_MS: u64 = 100;
 
 impl Default for RaftTiming {
     fn default() -> Self {
-        RaftTiming { heartbeat_ms: 100, election_timeout_min_ms: 500, commit_timeout_ms: 5_000 }
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            commit_timeout_ms: 5_000,
+            snapshot_logs_since_last: 20_000,
+        }
     }
 }
 
@@ -86,9 +97,9 @@ fn raft_config(node_id: NodeId, timing: &RaftTiming) -> Result<openraft::Config,
         install_snapshot_timeout: 3_000,
         snapshot_max_chunk_size: 1024 * 1024,
         max_payload_entries: 64,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
-        max_in_snapshot_log_to_keep: 1_000,
-        purge_batch_size: 256,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: SNAPSHOT_LOGS_KEPT.min(timing.snapshot_logs_since_last),
+        purge_batch_size: 256.min(timing.snapshot_logs_since_last),
         ..Default::default()
     };
     config.validate().map_err(|e| NodeError::Config(e.to_string()))

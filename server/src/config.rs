@@ -42,6 +42,10 @@ pub struct Config {
     #[arg(long, env = "DEDUP_COMMIT_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub commit_timeout_ms: u64,
 
+    /// Build a Raft snapshot (and purge the log behind it) after this many entries.
+    #[arg(long, env = "DEDUP_SNAPSHOT_LOGS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    pub snapshot_logs: u64,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dedup_cluster=debug,info`.
     #[arg(long, env = "DEDUP_LOG", default_value = "info,openraft=warn")]
     pub log: String,

@@ -44,6 +44,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
                 heartbeat_ms: config.heartbeat_ms,
                 election_timeout_min_ms: config.election_timeout_ms,
                 commit_timeout_ms: config.commit_timeout_ms,
+                snapshot_logs_since_last: config.snapshot_logs,
             },
         },
         Arc::new(SystemClock::default()),
