@@ -16,6 +16,7 @@ use crate::network::PeerNetwork;
 use crate::proposer::Proposer;
 use crate::raft_types::*;
 use crate::store;
+use crate::store::ApplyObserver;
 use crate::store::LedgerReader;
 
 /// Raft timing for three nodes on two busy cores (research openraft-sled.md §9-§10).
@@ -105,18 +106,23 @@ fn raft_config(node_id: NodeId, timing: &RaftTiming) -> Result<openraft::Config,
     config.validate().map_err(|e| NodeError::Config(e.to_string()))
 }
 
-/// Opens storage, starts Raft and, on a pristine node, forms the cluster from `peers`.
+/// Opens storage, starts Raft and, on a pristine node, forms the cluster from `peers`. The
+/// `observer` sees every record the state machine writes (the server's hot tier).
 ///
 /// Every pristine node initializes with the same membership, which openraft allows: the vote
 /// decides one leader, so no manual bootstrap step is needed. A node with data skips this and
 /// rejoins with what it has.
-pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<ClusterNode, NodeError> {
+pub async fn start(
+    config: NodeConfig,
+    clock: Arc<dyn Clock>,
+    observer: Option<Arc<dyn ApplyObserver>>,
+) -> Result<ClusterNode, NodeError> {
     if !config.peers.contains_key(&config.node_id) {
         return Err(NodeError::NotAMember(config.node_id, config.peers.keys().copied().collect()));
     }
     let raft_config = Arc::new(raft_config(config.node_id, &config.timing)?);
     let (log_store, state_machine) =
-        store::open(&config.data_dir).map_err(|source| NodeError::Storage { dir: config.data_dir.clone(), source })?;
+        store::open(&config.data_dir, observer).map_err(|source| NodeError::Storage { dir: config.data_dir.clone(), source })?;
     let reader = state_machine.reader();
     let log_flushes = log_store.flush_counter();
     let raft = Raft::new(config.node_id, raft_config, PeerNetwork::default(), log_store, state_machine)

@@ -1,21 +1,33 @@
 //! The `dedup.v1.Admin` service: this node's view of Raft.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use dedup_cluster::node::ClusterNode;
 use dedup_proto::v1 as pb;
 use openraft::ServerState;
 use tonic::Request;
+
+use crate::hot_tier::HotTier;
 use tonic::Response;
 use tonic::Status;
 
 pub struct AdminService {
     node: ClusterNode,
+    hot_tier: HotTier,
+    hot_tier_budget_bytes: u64,
+    local_duplicates: Arc<AtomicU64>,
 }
 
 impl AdminService {
-    pub fn new(node: ClusterNode) -> AdminService {
-        AdminService { node }
+    pub fn new(
+        node: ClusterNode,
+        hot_tier: HotTier,
+        hot_tier_budget_bytes: u64,
+        local_duplicates: Arc<AtomicU64>,
+    ) -> AdminService {
+        AdminService { node, hot_tier, hot_tier_budget_bytes, local_duplicates }
     }
 }
 
@@ -59,6 +71,12 @@ impl pb::admin_server::Admin for AdminService {
             entries_proposed: self.node.proposer.stats().entries.load(Ordering::Relaxed),
             commands_proposed: self.node.proposer.stats().commands.load(Ordering::Relaxed),
             log_flushes: self.node.log_flushes.load(Ordering::Relaxed),
+            hot_tier_bytes: self.hot_tier.weighted_bytes(),
+            hot_tier_budget_bytes: self.hot_tier_budget_bytes,
+            hot_tier_entries: self.hot_tier.entries(),
+            hot_tier_hits: self.hot_tier.stats().hits.load(Ordering::Relaxed),
+            hot_tier_misses: self.hot_tier.stats().misses.load(Ordering::Relaxed),
+            duplicates_answered_locally: self.local_duplicates.load(Ordering::Relaxed),
         }))
     }
 }

@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "DEDUP_SNAPSHOT_LOGS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     pub snapshot_logs: u64,
 
+    /// Byte budget of the hot tier, the in-memory cache of COMPLETED records that answers
+    /// duplicate claims without a Raft round.
+    #[arg(long, env = "DEDUP_HOT_TIER_BYTES", default_value_t = crate::hot_tier::HOT_TIER_BYTES_DEFAULT, value_parser = clap::value_parser!(u64).range(0..=(1u64 << 40)))]
+    pub hot_tier_bytes: u64,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dedup_cluster=debug,info`.
     #[arg(long, env = "DEDUP_LOG", default_value = "info,openraft=warn")]
     pub log: String,

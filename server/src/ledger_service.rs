@@ -3,11 +3,17 @@
 //! leader's answer back unchanged.
 
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dedup_cluster::ledger::Answer;
+use dedup_cluster::ledger::ClaimOutcome;
 use dedup_cluster::ledger::Command;
 use dedup_cluster::ledger::CommandResult;
+use dedup_cluster::ledger::RecordState;
+use dedup_cluster::ledger::Rejection;
 use dedup_cluster::node::ClusterNode;
 use dedup_cluster::proposer::Applied;
 use dedup_proto::v1 as pb;
@@ -25,21 +31,76 @@ use crate::error::ServiceError;
 use crate::fail_stop;
 use crate::forward::LeaderChannels;
 use crate::forward::FORWARDED_HEADER;
+use crate::hot_tier::HotTier;
 
 pub struct LedgerService {
     node: ClusterNode,
+    hot_tier: HotTier,
+    /// Duplicate claims answered COMPLETED by this node without a Raft round.
+    local_duplicates: Arc<AtomicU64>,
     leaders: LeaderChannels,
     /// Bound on one forwarded call: the leader's own commit timeout plus transport slack.
     forward_timeout: Duration,
 }
 
 impl LedgerService {
-    pub fn new(node: ClusterNode, commit_timeout: Duration) -> LedgerService {
+    pub fn new(
+        node: ClusterNode,
+        hot_tier: HotTier,
+        local_duplicates: Arc<AtomicU64>,
+        commit_timeout: Duration,
+    ) -> LedgerService {
         LedgerService {
             node,
+            hot_tier,
+            local_duplicates,
             leaders: LeaderChannels::default(),
             forward_timeout: commit_timeout + Duration::from_secs(2),
         }
+    }
+
+    /// The fast duplicate path (DESIGN §6): a claim of a key this node knows COMPLETED is
+    /// answered here, from the hot tier or sled, with no Raft round. A COMPLETED record never
+    /// changes, so the answer is the one the leader would give. `None`: not known completed
+    /// here; the claim must go through the leader.
+    fn completed_locally(
+        &self,
+        message: &pb::CheckAndClaimRequest,
+    ) -> Result<Option<pb::CheckAndClaimResponse>, ServiceError> {
+        // Same checks as the Raft path, so a request is refused the same way on either path.
+        let Command::Claim(claim) = convert::claim_command(message.clone())? else {
+            unreachable!("claim_command builds a claim");
+        };
+        let applied = self.node.reader.applied();
+        let record = match self.hot_tier.completed(&claim.key) {
+            Some(record) => record,
+            None => match self.node.reader.record(&claim.key) {
+                Ok(Some(record)) if matches!(record.state, RecordState::Completed { .. }) => {
+                    self.hot_tier.offer(&claim.key, &record);
+                    Arc::new(record)
+                }
+                Ok(_) => return Ok(None),
+                Err(error) => fail_stop::stop(&format!("reading record {}: {error}", claim.key)),
+            },
+        };
+        let RecordState::Completed { outcome, completed_at, retained_until } = &record.state else {
+            return Ok(None);
+        };
+        if let (Some(stored), Some(given)) = (&record.fingerprint, &claim.fingerprint) {
+            if stored != given {
+                let record = Box::new((*record).clone());
+                return Err(ServiceError::Rejected(Rejection::FingerprintMismatch { record }));
+            }
+        }
+        let answer = ClaimOutcome::Completed {
+            outcome: outcome.clone(),
+            completed_at: *completed_at,
+            token: record.token,
+            attempt: record.attempt,
+            retained_until: *retained_until,
+        };
+        self.local_duplicates.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(convert::claim_response(answer, applied.log_index, applied.ledger_time)))
     }
 
     async fn propose(&self, command: Command) -> Result<Applied, ServiceError> {
@@ -108,6 +169,9 @@ impl LedgerService {
             Ok(record) => record,
             Err(error) => fail_stop::stop(&format!("reading record {key}: {error}")),
         };
+        if let Some(record) = &record {
+            self.hot_tier.offer(&key, record);
+        }
         Ok(pb::GetResponse {
             record: record.map(|r| convert::record_view(&key, &r, applied.log_index, applied.ledger_time)),
             // Nothing is purged yet: retention purging comes with compaction.
@@ -176,6 +240,9 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         request: Request<pb::CheckAndClaimRequest>,
     ) -> Result<Response<pb::CheckAndClaimResponse>, Status> {
+        if let Some(answer) = self.completed_locally(request.get_ref())? {
+            return Ok(Response::new(answer));
+        }
         self.write(
             request,
             convert::claim_command,

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod error;
 pub mod fail_stop;
 pub mod forward;
+pub mod hot_tier;
 pub mod ledger_service;
 
 use std::future::Future;
@@ -35,6 +36,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .await
         .with_context(|| format!("binding --listen {}", config.listen))?;
     let commit_timeout = Duration::from_millis(config.commit_timeout_ms);
+    let hot_tier = hot_tier::HotTier::new(config.hot_tier_bytes);
     let node = dedup_cluster::node::start(
         NodeConfig {
             node_id: config.node_id,
@@ -48,16 +50,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             },
         },
         Arc::new(SystemClock::default()),
+        Some(Arc::new(hot_tier.clone())),
     )
     .await
     .context("starting the Raft node")?;
     fail_stop::watch(node.raft.clone());
     tracing::info!(node_id = config.node_id, listen = %config.listen, data_dir = %config.data_dir.display(), "dedupd serving");
 
-    let ledger = LedgerServer::new(ledger_service::LedgerService::new(node.clone(), commit_timeout))
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let admin = AdminServer::new(admin_service::AdminService::new(node.clone()));
+    let local_duplicates = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ledger = LedgerServer::new(ledger_service::LedgerService::new(
+        node.clone(),
+        hot_tier.clone(),
+        local_duplicates.clone(),
+        commit_timeout,
+    ))
+    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let admin = AdminServer::new(admin_service::AdminService::new(
+        node.clone(),
+        hot_tier,
+        config.hot_tier_bytes,
+        local_duplicates,
+    ));
     let peer = RaftPeerService::new(node.node_id, node.raft.clone()).into_server();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let served = tonic::transport::Server::builder()

@@ -48,12 +48,19 @@ pub struct Node {
 pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     peers: String,
+    /// Extra `dedupd` flags every node starts with.
+    extra_args: Vec<String>,
     _root: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts three nodes and waits until one of them leads.
     pub async fn start() -> Cluster {
+        Cluster::start_with(&[]).await
+    }
+
+    /// Like [`Cluster::start`], every node with the extra `dedupd` flags `args`.
+    pub async fn start_with(args: &[&str]) -> Cluster {
         let root = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(3);
         let nodes: BTreeMap<u64, Node> = (1..=3u64)
@@ -68,7 +75,8 @@ impl Cluster {
             })
             .collect();
         let peers = nodes.values().map(|n| format!("{}={}", n.id, n.address)).collect::<Vec<_>>().join(",");
-        let mut cluster = Cluster { nodes, peers, _root: root };
+        let extra_args = args.iter().map(|a| a.to_string()).collect();
+        let mut cluster = Cluster { nodes, peers, extra_args, _root: root };
         for id in 1..=3 {
             cluster.start_node(id);
         }
@@ -114,6 +122,7 @@ impl Cluster {
             .args(["--node-id", &id.to_string(), "--listen", &node.address, "--peers", &peers])
             .arg("--data-dir")
             .arg(&node.data_dir)
+            .args(&self.extra_args)
             .env("DEDUP_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))

@@ -57,6 +57,15 @@ pub fn record_storage_key(key: &RecordKey) -> Vec<u8> {
     out
 }
 
+/// Told about every record an apply wrote, after the write, on the state machine's task.
+/// Keep it cheap: it runs between applies. Used to keep a cache (the hot tier) coherent.
+pub trait ApplyObserver: Send + Sync + 'static {
+    /// Records written by one apply call, in key order.
+    fn records_applied(&self, records: &mut dyn Iterator<Item = (&RecordKey, &Record)>);
+    /// The whole ledger was replaced (snapshot installed): forget everything.
+    fn ledger_replaced(&self);
+}
+
 /// What the state machine has applied, published after every apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AppliedState {
@@ -108,13 +117,18 @@ pub struct StateMachineStore {
     snapshot_dir: PathBuf,
     applied: watch::Sender<AppliedState>,
     snapshots_built: u64,
+    observer: Option<Arc<dyn ApplyObserver>>,
 }
 
 impl StateMachineStore {
-    pub fn new(engine: Arc<dyn Engine>, snapshot_dir: PathBuf) -> io::Result<StateMachineStore> {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        snapshot_dir: PathBuf,
+        observer: Option<Arc<dyn ApplyObserver>>,
+    ) -> io::Result<StateMachineStore> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let (applied, _) = watch::channel(AppliedState::default());
-        let store = StateMachineStore { engine, snapshot_dir, applied, snapshots_built: 0 };
+        let store = StateMachineStore { engine, snapshot_dir, applied, snapshots_built: 0, observer };
         let initial = store.read_applied_state()?;
         store.applied.send_replace(initial);
         Ok(store)
@@ -167,7 +181,7 @@ impl ApplyBatch<'_> {
         Ok(())
     }
 
-    fn into_writes(self) -> io::Result<WriteBatch> {
+    fn writes(&self) -> io::Result<WriteBatch> {
         let mut writes = Vec::with_capacity(self.written.len() + 3);
         for key in &self.written {
             let record = self.records[key].as_ref().expect("a written record is present");
@@ -246,7 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let ledger_time = batch.time;
         let write = (|| -> io::Result<()> {
-            let mut write = batch.into_writes()?;
+            let mut write = batch.writes()?;
             write.push(meta_pair(META_APPLIED, &Some(last_applied))?);
             write.push(meta_pair(META_LEDGER_TIME, &ledger_time)?);
             if let Some(membership) = &membership {
@@ -257,6 +271,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Err(error) = write {
             tracing::error!(%error, "writing applied state failed; the node stops (fail-stop)");
             return Err(StorageIOError::apply(last_applied, &error).into());
+        }
+        if let Some(observer) = &self.observer {
+            let mut written = batch.written.iter().filter_map(|key| batch.records[key].as_ref().map(|record| (key, record)));
+            observer.records_applied(&mut written);
         }
         self.applied.send_replace(AppliedState { log_index: last_applied.index, ledger_time });
         Ok(answers)
@@ -310,6 +328,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.read_applied_state()
         };
         let applied = install().map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        if let Some(observer) = &self.observer {
+            observer.ledger_replaced();
+        }
         self.applied.send_replace(applied);
         Ok(())
     }

@@ -12,7 +12,7 @@ struct SledStoreBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledStoreBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("create a temporary directory");
-        let (log, state_machine) = open(dir.path()).expect("open the stores");
+        let (log, state_machine) = open(dir.path(), None).expect("open the stores");
         Ok((dir, log, state_machine))
     }
 }
