@@ -624,7 +624,9 @@ impl StatusReport {
     }
 
     fn to_table(&self) -> String {
-        let header = ["ENDPOINT", "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED", "LAG", "SNAPSHOT", "ERROR"];
+        let header = [
+            "ENDPOINT", "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED", "LAG", "SNAPSHOT", "HOT TIER", "ERROR",
+        ];
         let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
         for (endpoint, result) in &self.nodes {
             let endpoint = display_endpoint(endpoint).to_string();
@@ -639,6 +641,7 @@ impl StatusReport {
                     s.applied_index.to_string(),
                     self.lag(s).map_or("-".to_string(), |lag| lag.to_string()),
                     s.snapshot_index.to_string(),
+                    format!("{}/{}", human_bytes(s.hot_tier_bytes), human_bytes(s.hot_tier_budget_bytes)),
                     String::new(),
                 ],
                 Err(error) => {
@@ -673,6 +676,15 @@ impl StatusReport {
                     "millis_since_quorum_ack": s.millis_since_quorum_ack,
                     "snapshot_index": s.snapshot_index,
                     "purged_index": s.purged_index,
+                    "entries_proposed": s.entries_proposed,
+                    "commands_proposed": s.commands_proposed,
+                    "log_flushes": s.log_flushes,
+                    "hot_tier_bytes": s.hot_tier_bytes,
+                    "hot_tier_budget_bytes": s.hot_tier_budget_bytes,
+                    "hot_tier_entries": s.hot_tier_entries,
+                    "hot_tier_hits": s.hot_tier_hits,
+                    "hot_tier_misses": s.hot_tier_misses,
+                    "duplicates_answered_locally": s.duplicates_answered_locally,
                     "members": s.members.iter()
                         .map(|m| json!({"node_id": m.node_id, "address": m.address}))
                         .collect::<Vec<_>>(),
@@ -695,6 +707,21 @@ impl StatusReport {
             "nodes": nodes,
         })
     }
+}
+
+/// Bytes for people: `512B`, `64.0KiB`, `1.5MiB`, `2.0GiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
 }
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
@@ -721,6 +748,16 @@ fn render_columns(rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn bytes_are_shown_with_binary_units() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(1023), "1023B");
+        assert_eq!(human_bytes(64 * 1024), "64.0KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5MiB");
+        assert_eq!(human_bytes(5 << 30), "5.0GiB");
+    }
+
     use dedup_client::proto;
     use dedup_client::Claimed;
     use dedup_client::Completed;
