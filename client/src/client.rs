@@ -203,6 +203,56 @@ impl DedupClient {
         })
     }
 
+    /// Claims many keys in one Raft entry (at most 256, and what fits one 96 KiB entry): one
+    /// answer per request, in order, each what [`DedupClient::check_and_claim`] would answer.
+    /// No atomicity across items: a bad item gets its error and the others still apply. The
+    /// call as a whole is retried like a single claim (each item keeps its claim_request_id).
+    pub async fn check_and_claim_batch(
+        &self,
+        requests: &[ClaimRequest],
+    ) -> Result<Vec<Result<ClaimAnswer, Error>>, Error> {
+        use pb::check_and_claim_batch_item::Result as Item;
+        let items = requests
+            .iter()
+            .map(|request| request.to_proto(request.claim_request_id.clone().unwrap_or_else(new_claim_request_id)))
+            .collect();
+        let message = pb::CheckAndClaimBatchRequest { items };
+        let response = self
+            .call(self.inner.config.call_deadline, message, |channel, request| async move {
+                ledger(channel).check_and_claim_batch(request).await
+            })
+            .await?;
+        Ok(response
+            .items
+            .into_iter()
+            .map(|item| match item.result {
+                Some(Item::Answer(answer)) => ClaimAnswer::from_proto(answer).ok_or_else(|| missing("claim")),
+                Some(Item::Error(error)) => Err(Error::from_item(&error)),
+                None => Err(missing("claim")),
+            })
+            .collect())
+    }
+
+    /// Completes many claims in one Raft entry: one answer per request, in order.
+    pub async fn complete_batch(&self, requests: &[CompleteRequest]) -> Result<Vec<Result<CompleteAck, Error>>, Error> {
+        use pb::complete_batch_item::Result as Item;
+        let message = pb::CompleteBatchRequest { items: requests.iter().map(CompleteRequest::to_proto).collect() };
+        let response = self
+            .call(self.inner.config.call_deadline, message, |channel, request| async move {
+                ledger(channel).complete_batch(request).await
+            })
+            .await?;
+        Ok(response
+            .items
+            .into_iter()
+            .map(|item| match item.result {
+                Some(Item::Answer(answer)) => Ok(CompleteAck::from(answer)),
+                Some(Item::Error(error)) => Err(Error::from_item(&error)),
+                None => Err(missing("complete")),
+            })
+            .collect())
+    }
+
     /// Stores the outcome under the claim's token. Retried safely: a repeat is `replayed`.
     pub async fn complete(&self, request: &CompleteRequest) -> Result<CompleteAck, Error> {
         let message = request.to_proto();
@@ -433,6 +483,15 @@ fn ledger(channel: Channel) -> LedgerClient<Channel> {
 }
 
 /// A fresh `claim_request_id`: 128 random bits as 32 hex digits (the limit is 64 bytes).
+/// A batch item the server left without an answer or an error.
+fn missing(call: &str) -> Error {
+    Error::Other {
+        code: Code::Internal,
+        reason: None,
+        message: format!("the server answered a {call} batch item with no result"),
+    }
+}
+
 pub fn new_claim_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }

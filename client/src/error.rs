@@ -154,6 +154,26 @@ impl Error {
     }
 
     /// Decodes a status following the server's error contract (module docs).
+    /// The error of one item of a batch call: what the single call would have failed with.
+    pub fn from_item(item: &dedup_proto::v1::ItemError) -> Error {
+        let code = match item.code.as_str() {
+            "INVALID_ARGUMENT" => Code::InvalidArgument,
+            "FAILED_PRECONDITION" => Code::FailedPrecondition,
+            "UNAVAILABLE" => Code::Unavailable,
+            "RESOURCE_EXHAUSTED" => Code::ResourceExhausted,
+            "INTERNAL" => Code::Internal,
+            "NOT_FOUND" => Code::NotFound,
+            "DEADLINE_EXCEEDED" => Code::DeadlineExceeded,
+            _ => Code::Unknown,
+        };
+        let details = tonic_types::ErrorDetails::with_error_info(
+            item.reason.clone(),
+            ERROR_DOMAIN,
+            item.metadata.clone().into_iter().collect::<HashMap<_, _>>(),
+        );
+        Error::from_status(&<Status as tonic_types::StatusExt>::with_error_details(code, item.message.clone(), details))
+    }
+
     pub fn from_status(status: &Status) -> Error {
         let info = status.get_details_error_info().filter(|info| info.domain == ERROR_DOMAIN);
         let (reason, metadata) = match info {

@@ -115,6 +115,21 @@ impl Ledger for Fake {
         self.note("get".to_string());
         (self.get)(n, &request).map(Response::new)
     }
+
+    // These fakes script single calls; batches are tested against real servers (tests/).
+    async fn check_and_claim_batch(
+        &self,
+        _request: Request<pb::CheckAndClaimBatchRequest>,
+    ) -> Result<Response<pb::CheckAndClaimBatchResponse>, Status> {
+        Err(Status::unimplemented("the fake ledger answers single calls only"))
+    }
+
+    async fn complete_batch(
+        &self,
+        _request: Request<pb::CompleteBatchRequest>,
+    ) -> Result<Response<pb::CompleteBatchResponse>, Status> {
+        Err(Status::unimplemented("the fake ledger answers single calls only"))
+    }
 }
 
 /// Serves `fake` on a fresh local port; returns `127.0.0.1:PORT`.

@@ -121,8 +121,8 @@ pub async fn start(
         return Err(NodeError::NotAMember(config.node_id, config.peers.keys().copied().collect()));
     }
     let raft_config = Arc::new(raft_config(config.node_id, &config.timing)?);
-    let (log_store, state_machine) =
-        store::open(&config.data_dir, observer).map_err(|source| NodeError::Storage { dir: config.data_dir.clone(), source })?;
+    let (log_store, state_machine) = store::open(&config.data_dir, observer)
+        .map_err(|source| NodeError::Storage { dir: config.data_dir.clone(), source })?;
     let reader = state_machine.reader();
     let log_flushes = log_store.flush_counter();
     let raft = Raft::new(config.node_id, raft_config, PeerNetwork::default(), log_store, state_machine)
@@ -131,12 +131,18 @@ pub async fn start(
 
     let members: BTreeMap<NodeId, Node> =
         config.peers.iter().map(|(id, addr)| (*id, Node { addr: addr.clone() })).collect();
-    match raft.initialize(members).await {
-        Ok(()) => tracing::info!(node_id = config.node_id, "initialized a new cluster from --peers"),
-        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-            tracing::info!(node_id = config.node_id, "rejoining with existing data")
+    let initialized = raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+    if initialized {
+        tracing::info!(node_id = config.node_id, "rejoining with existing data");
+    } else {
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(node_id = config.node_id, "initialized a new cluster from --peers"),
+            // Another node's membership reached us first: the cluster exists.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                tracing::info!(node_id = config.node_id, "joined the cluster formed from --peers")
+            }
+            Err(error) => return Err(NodeError::Raft(format!("initialize: {error}"))),
         }
-        Err(error) => return Err(NodeError::Raft(format!("initialize: {error}"))),
     }
 
     let ledger_clock = Arc::new(LedgerClock::new(clock));

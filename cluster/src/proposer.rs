@@ -54,12 +54,18 @@ pub enum ProposeError {
     Overloaded,
     #[error("SHUTTING_DOWN: the Raft node stopped: {0}")]
     Stopped(String),
+    #[error(
+        "BATCH_TOO_LARGE: the batch is {commands} commands and {bytes} bytes; one entry holds at most \
+         {ENTRY_COMMANDS_MAX} commands (ENTRY_COMMANDS_MAX) and {ENTRY_BYTES_MAX} bytes (ENTRY_BYTES_MAX)"
+    )]
+    GroupTooLarge { commands: usize, bytes: usize },
 }
 
+/// Commands that must share one entry (a single command, or a client's batch).
 struct Proposal {
-    command: Command,
+    commands: Vec<Command>,
     encoded_bytes: usize,
-    reply: oneshot::Sender<Result<Applied, ProposeError>>,
+    reply: oneshot::Sender<Result<Vec<Applied>, ProposeError>>,
 }
 
 /// What the proposer has done since the process started.
@@ -92,9 +98,20 @@ impl Proposer {
 
     /// Proposes one command and waits until it is applied (or fails).
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
-        let encoded_bytes = codec::encode(&command).map(|b| b.len()).unwrap_or(ENTRY_BYTES_MAX);
+        let mut applied = self.propose_group(vec![command]).await?;
+        Ok(applied.pop().expect("one result per command"))
+    }
+
+    /// Proposes `commands` in one Raft entry (never split across entries, possibly sharing it
+    /// with other proposals) and waits until they are applied: one result per command, in order.
+    pub async fn propose_group(&self, commands: Vec<Command>) -> Result<Vec<Applied>, ProposeError> {
+        assert!(!commands.is_empty(), "an empty group proposes nothing");
+        let encoded_bytes = commands.iter().map(|c| codec::encode(c).map_or(ENTRY_BYTES_MAX, |b| b.len())).sum();
+        if commands.len() > ENTRY_COMMANDS_MAX || encoded_bytes > ENTRY_BYTES_MAX {
+            return Err(ProposeError::GroupTooLarge { commands: commands.len(), bytes: encoded_bytes });
+        }
         let (reply, answer) = oneshot::channel();
-        self.queue.try_send(Proposal { command, encoded_bytes, reply }).map_err(|e| match e {
+        self.queue.try_send(Proposal { commands, encoded_bytes, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => ProposeError::Stopped("the proposer stopped".to_string()),
         })?;
@@ -123,14 +140,16 @@ async fn run(
         let permit = in_flight.clone().acquire_owned().await.expect("the semaphore is never closed");
         // Take what queued while we waited for a permit, within the entry's limits.
         let mut bytes = first.encoded_bytes;
+        let mut commands = first.commands.len();
         let mut batch = vec![first];
-        while batch.len() < ENTRY_COMMANDS_MAX {
+        while commands < ENTRY_COMMANDS_MAX {
             let Ok(next) = pending.try_recv() else { break };
-            if bytes + next.encoded_bytes > ENTRY_BYTES_MAX {
+            if bytes + next.encoded_bytes > ENTRY_BYTES_MAX || commands + next.commands.len() > ENTRY_COMMANDS_MAX {
                 carried = Some(next);
                 break;
             }
             bytes += next.encoded_bytes;
+            commands += next.commands.len();
             batch.push(next);
         }
         let raft = raft.clone();
@@ -159,10 +178,15 @@ async fn propose_entry(
         let metrics = metrics.borrow();
         (metrics.current_term, metrics.state == ServerState::Leader, metrics.current_leader)
     };
-    let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let mut commands = Vec::new();
+    let mut replies = Vec::with_capacity(batch.len());
+    for proposal in batch {
+        replies.push((proposal.commands.len(), proposal.reply));
+        commands.extend(proposal.commands);
+    }
     if !is_leader {
         let error = not_leader(raft, leader_id);
-        for reply in replies {
+        for (_, reply) in replies {
             let _ = reply.send(Err(error.clone()));
         }
         return;
@@ -175,11 +199,14 @@ async fn propose_entry(
             let log_index = response.log_id.index;
             let ledger_time = response.data.ledger_time;
             let results = response.data.results;
-            assert_eq!(results.len(), replies.len(), "one result per command of entry {log_index}");
+            let expected: usize = replies.iter().map(|(count, _)| count).sum();
+            assert_eq!(results.len(), expected, "one result per command of entry {log_index}");
             stats.entries.fetch_add(1, Ordering::Relaxed);
             stats.commands.fetch_add(results.len() as u64, Ordering::Relaxed);
-            for (result, reply) in results.into_iter().zip(replies) {
-                let _ = reply.send(Ok(Applied { result, log_index, ledger_time }));
+            let mut results = results.into_iter();
+            for (count, reply) in replies {
+                let group = results.by_ref().take(count).map(|result| Applied { result, log_index, ledger_time });
+                let _ = reply.send(Ok(group.collect()));
             }
         }
         Ok(Err(error)) => {
@@ -191,13 +218,13 @@ async fn propose_entry(
                 RaftError::APIError(other) => ProposeError::Stopped(other.to_string()),
                 RaftError::Fatal(fatal) => ProposeError::Stopped(fatal.to_string()),
             };
-            for reply in replies {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(error.clone()));
             }
         }
         Err(_elapsed) => {
             let error = ProposeError::Timeout { timeout_ms: commit_timeout.as_millis() as u64 };
-            for reply in replies {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(error.clone()));
             }
         }

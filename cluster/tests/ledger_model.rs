@@ -5,22 +5,35 @@
 //! (and one ms either side) and sometimes stamped older than the last entry. Each entry goes to
 //! `apply_entry` on a `MemoryLedger` and, in parallel, to a naive model written from DESIGN.md
 //! §2-§5: the model keeps, per key, the list of every claim granted and how each one ended, and
-//! derives every answer from that history. Every answer is compared, then the whole stored state.
+//! derives every answer from that history. Every answer is compared, then the whole stored state
+//! and the purge horizons.
+//!
+//! Retention is short (1 s or 3 s, or the 24 h default) against the clock steps, so records are
+//! purged during runs: at the start of each entry, once the entry's ledger time is known, the
+//! model forgets (treats as never seen) every key whose COMPLETED or AVAILABLE record's retention
+//! ended at or before that time, at most `PURGE_PER_ENTRY_MAX` per entry, earliest deadline first
+//! and then by key, and raises the namespace's purge horizon to the purged record's deadline.
 //!
 //! Independently of the model, an observer that sees only the core's answers and state checks
 //! the safety rules of DESIGN §4 over the whole run:
 //! 1. at most one live claim per key at any ledger time,
-//! 2. tokens of one key strictly increase across grants (and are the grant's log position),
+//! 2. tokens of one key strictly increase across grants (and are the grant's log position), also
+//!    across a purge: a key claimed afresh after its record was purged gets a larger token,
 //! 3. only the current token completes, releases or extends; once COMPLETED the outcome never
-//!    changes and every later claim returns it,
+//!    changes and every later claim returns it, until the record is purged (never before its
+//!    retention ended),
 //!
-//! and every entry is applied a second time one command at a time to check that a rejected
-//! command never changes the state.
+//! every record the core held at the start of an entry whose retention had not ended by then is
+//! still there after it (and unchanged unless a command of the entry named it), and every entry
+//! is applied a second time one command at a time (purge first, then each command) to check that
+//! a rejected command never changes the state.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use dedup_cluster::ledger::limits::LEASE_MS_MAX;
 use dedup_cluster::ledger::limits::LEASE_MS_MIN;
+use dedup_cluster::ledger::limits::PURGE_PER_ENTRY_MAX;
 use dedup_cluster::ledger::limits::RETENTION_MS_DEFAULT;
 use dedup_cluster::ledger::limits::RETENTION_MS_MAX;
 use dedup_cluster::ledger::limits::RETENTION_MS_MIN;
@@ -138,6 +151,10 @@ fn rejected(reason: &'static str, record_token: Option<FencingToken>) -> Expecte
 struct Model {
     time: u64,
     keys: BTreeMap<RecordKey, History>,
+    /// Tokens granted to keys before their records were purged, for picking stale tokens.
+    purged_tokens: BTreeMap<RecordKey, Vec<FencingToken>>,
+    /// Per namespace: the latest retention deadline of a record purged so far.
+    purge_horizons: BTreeMap<String, u64>,
 }
 
 /// The limits a generated command can break (the generator only breaks these).
@@ -191,6 +208,35 @@ impl Model {
     fn begin_entry(&mut self, entry_time: u64) -> u64 {
         self.time = self.time.max(entry_time);
         self.time
+    }
+
+    /// Forgets up to `PURGE_PER_ENTRY_MAX` keys whose COMPLETED or AVAILABLE record's retention
+    /// ended at or before `now`, earliest deadline first, then by key. Returns each purged key
+    /// with the state its record was in.
+    fn purge(&mut self, now: u64) -> Vec<(RecordKey, &'static str)> {
+        let mut expired: Vec<(u64, RecordKey, &'static str)> = Vec::new();
+        for (key, history) in &self.keys {
+            let Some(last) = history.grants.last() else { continue };
+            let (retained_until, state) = match &last.end {
+                None => continue,
+                Some(End::Completed { retained_until, .. }) => (*retained_until, "COMPLETED"),
+                Some(End::Released { retained_until, .. }) => (*retained_until, "AVAILABLE"),
+            };
+            if retained_until <= now {
+                expired.push((retained_until, key.clone(), state));
+            }
+        }
+        expired.sort();
+        expired.truncate(PURGE_PER_ENTRY_MAX);
+        let mut purged = Vec::with_capacity(expired.len());
+        for (retained_until, key, state) in expired {
+            let history = self.keys.remove(&key).expect("an expired key has a history");
+            self.purged_tokens.entry(key.clone()).or_default().extend(history.grants.iter().map(|g| g.token));
+            let horizon = self.purge_horizons.entry(key.namespace.clone()).or_default();
+            *horizon = (*horizon).max(retained_until);
+            purged.push((key, state));
+        }
+        purged
     }
 
     fn history(&self, key: &RecordKey) -> Option<&History> {
@@ -434,7 +480,19 @@ struct ObservedGrant {
 #[derive(Debug, Clone, Default)]
 struct ObservedKey {
     grant: Option<ObservedGrant>,
-    completed: Option<(Outcome, FencingToken)>,
+    /// Outcome, completing token and retention deadline of the key's COMPLETED record.
+    completed: Option<(Outcome, FencingToken, u64)>,
+    /// Retention deadline of the key's AVAILABLE record (the grant was released).
+    available_until: Option<u64>,
+    /// The largest token ever granted for the key, kept across purges.
+    max_token: Option<FencingToken>,
+}
+
+impl ObservedKey {
+    /// When the key's record may be purged: COMPLETED or AVAILABLE, never CLAIMED.
+    fn retained_until(&self) -> Option<u64> {
+        self.completed.as_ref().map(|(_, _, until)| *until).or(self.available_until)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -454,24 +512,42 @@ impl Observer {
         let Ok(answer) = result else {
             if let (Err(rejection), Command::Complete(c)) = (result, command) {
                 if rejection.reason() == "OUTCOME_IMMUTABLE" {
-                    let stored = seen.completed.as_ref().map(|(outcome, _)| outcome);
+                    let stored = seen.completed.as_ref().map(|(outcome, _, _)| outcome);
                     prop_assert!(stored.is_some() && stored != Some(&c.outcome), "OUTCOME_IMMUTABLE without a change");
                 }
             }
             return Ok(());
         };
         match (command, answer) {
-            (Command::Claim(_), Answer::Claim(ClaimOutcome::Claimed { token, lease_deadline, reentrant, .. })) => {
-                prop_assert!(seen.completed.is_none(), "rule 3: a completed key was claimed again");
+            (
+                Command::Claim(_),
+                Answer::Claim(ClaimOutcome::Claimed { token, lease_deadline, reentrant, attempt, previous }),
+            ) => {
                 if *reentrant {
+                    prop_assert!(seen.completed.is_none(), "rule 3: a completed key was claimed again");
                     let grant = seen.grant.as_ref().expect("a re-entrant claim of a grant");
                     prop_assert_eq!(*token, grant.token);
                     prop_assert!(!grant.ended && now < grant.deadline, "re-entrant answer for a dead claim");
                     prop_assert_eq!(lease_deadline.as_ms(), grant.deadline);
                 } else {
                     prop_assert_eq!(*token, position, "rule 2: the token is the grant's log position");
+                    if let Some(max) = seen.max_token {
+                        prop_assert!(*token > max, "rule 2: token {} after {}", token, max);
+                    }
+                    // A claim that starts afresh (attempt 1, nothing before it) of a key seen
+                    // before: its record was purged, which is allowed only once it was COMPLETED
+                    // or AVAILABLE and its retention had ended.
+                    let afresh = *attempt == 1 && previous.is_none();
+                    if seen.grant.is_some() && afresh {
+                        let until = seen.retained_until();
+                        prop_assert!(
+                            until.is_some_and(|until| until <= now),
+                            "a record was purged at {now} before its retention ended ({until:?}), or while CLAIMED"
+                        );
+                        *seen = ObservedKey { max_token: seen.max_token, ..ObservedKey::default() };
+                    }
+                    prop_assert!(seen.completed.is_none(), "rule 3: a completed key was claimed again");
                     if let Some(before) = &seen.grant {
-                        prop_assert!(*token > before.token, "rule 2: token {} after {}", token, before.token);
                         prop_assert!(
                             before.ended || before.deadline <= now,
                             "rule 1: token {} granted at {now} while {} is live until {}",
@@ -481,6 +557,8 @@ impl Observer {
                         );
                     }
                     seen.grant = Some(ObservedGrant { token: *token, deadline: lease_deadline.as_ms(), ended: false });
+                    seen.available_until = None;
+                    seen.max_token = Some(*token);
                 }
             }
             (Command::Claim(_), Answer::Claim(ClaimOutcome::InProgress { lease_deadline, .. })) => {
@@ -489,20 +567,29 @@ impl Observer {
                 prop_assert!(!grant.ended && now < grant.deadline, "IN_PROGRESS without a live claim");
                 prop_assert_eq!(lease_deadline.as_ms(), grant.deadline);
             }
-            (Command::Claim(_), Answer::Claim(ClaimOutcome::Completed { outcome, token, .. })) => {
-                prop_assert_eq!(seen.completed.as_ref(), Some(&(outcome.clone(), *token)), "rule 3");
+            (Command::Claim(_), Answer::Claim(ClaimOutcome::Completed { outcome, token, retained_until, .. })) => {
+                prop_assert_eq!(
+                    seen.completed.as_ref(),
+                    Some(&(outcome.clone(), *token, retained_until.as_ms())),
+                    "rule 3"
+                );
             }
             (Command::Complete(c), Answer::Complete(ack)) => {
                 if ack.replayed {
-                    prop_assert_eq!(seen.completed.as_ref(), Some(&(c.outcome.clone(), c.token)), "rule 3: replay");
+                    prop_assert_eq!(
+                        seen.completed.as_ref(),
+                        Some(&(c.outcome.clone(), c.token, ack.retained_until.as_ms())),
+                        "rule 3: replay"
+                    );
                 } else {
                     prop_assert!(seen.completed.is_none(), "rule 3: completed twice");
                     let grant = seen.grant.as_mut().expect("complete of a grant");
                     prop_assert_eq!(c.token, grant.token, "rule 3: only the current token completes");
                     prop_assert!(!grant.ended);
                     prop_assert_eq!(ack.late, now >= grant.deadline);
+                    prop_assert!(ack.retained_until.as_ms() > now, "completed with its retention already over");
                     grant.ended = true;
-                    seen.completed = Some((c.outcome.clone(), c.token));
+                    seen.completed = Some((c.outcome.clone(), c.token, ack.retained_until.as_ms()));
                 }
             }
             (Command::Release(c), Answer::Release(ack)) => {
@@ -510,7 +597,11 @@ impl Observer {
                 let grant = seen.grant.as_mut().expect("release of a grant");
                 prop_assert_eq!(c.token, grant.token, "rule 3: only the current token releases");
                 prop_assert_eq!(ack.replayed, grant.ended);
+                if ack.replayed {
+                    prop_assert_eq!(seen.available_until, Some(ack.retained_until.as_ms()));
+                }
                 grant.ended = true;
+                seen.available_until = Some(ack.retained_until.as_ms());
             }
             (Command::ExtendLease(c), Answer::ExtendLease(ack)) => {
                 let grant = seen.grant.as_mut().expect("extension of a grant");
@@ -523,17 +614,28 @@ impl Observer {
         Ok(())
     }
 
-    /// After each entry: a completed key stays COMPLETED with its outcome and token.
-    fn check_state(&self, core: &MemoryLedger) -> Result<(), TestCaseError> {
+    /// After each entry, at ledger time `now`: a completed key stays COMPLETED with its outcome
+    /// and token until its record is purged, and it is not purged before its retention ended.
+    fn check_state(&self, core: &MemoryLedger, now: u64) -> Result<(), TestCaseError> {
         for (key, seen) in &self.keys {
-            if let Some((outcome, token)) = &seen.completed {
-                let record = core.records.get(key).expect("a completed record stays");
+            if let Some((outcome, token, retained_until)) = &seen.completed {
+                let Some(record) = core.records.get(key) else {
+                    prop_assert!(
+                        *retained_until <= now,
+                        "rule 3: COMPLETED {key} was purged at {now}, its retention ends at {retained_until}"
+                    );
+                    continue;
+                };
                 prop_assert_eq!(record.token, *token);
                 let stored = match &record.state {
                     RecordState::Completed { outcome, .. } => Some(outcome),
                     _ => None,
                 };
                 prop_assert_eq!(stored, Some(outcome), "rule 3: the outcome of {} changed", key);
+            }
+            if let (Some(grant), None) = (&seen.grant, seen.retained_until()) {
+                let record = core.records.get(key);
+                prop_assert!(record.is_some_and(|r| r.token == grant.token), "CLAIMED {} was purged", key);
             }
         }
         Ok(())
@@ -547,7 +649,7 @@ impl Observer {
 enum TokenPick {
     /// The key's current token.
     Current,
-    /// One of the key's earlier tokens.
+    /// One of the key's earlier tokens (also of its purged records).
     Stale(usize),
     /// Any token granted so far, for any key.
     AnySeen(usize),
@@ -681,11 +783,14 @@ fn resolve(op: &Op, generation: u32, model: &Model, seen_tokens: &[FencingToken]
         match pick {
             TokenPick::Current => current.unwrap_or(never_granted),
             TokenPick::Stale(i) => {
-                let history = model.history(key).map_or(&[][..], |h| &h.grants[..]);
-                match history.len() {
-                    0 => never_granted,
-                    1 => history[0].token,
-                    n => history[i % (n - 1)].token,
+                // Tokens of the key's purged records, then its earlier grants.
+                let grants = model.history(key).map_or(&[][..], |h| &h.grants[..]);
+                let mut earlier = model.purged_tokens.get(key).cloned().unwrap_or_default();
+                earlier.extend(grants.iter().take(grants.len().saturating_sub(1)).map(|g| g.token));
+                match (earlier.len(), grants.last()) {
+                    (0, None) => never_granted,
+                    (0, Some(last)) => last.token,
+                    (n, _) => earlier[i % n],
                 }
             }
             TokenPick::AnySeen(i) => {
@@ -739,12 +844,14 @@ fn resolve(op: &Op, generation: u32, model: &Model, seen_tokens: &[FencingToken]
     }
 }
 
-/// A label for what a command's result exercised, for the coverage check.
-fn label(command: &Command, result: &CommandResult) -> String {
+/// A label for what a command's result exercised, for the coverage check. `was_purged`: the
+/// command's key had a record that was purged.
+fn label(command: &Command, result: &CommandResult, was_purged: bool) -> String {
     match result {
         Err(rejection) => format!("rejected {}", rejection.reason()),
         Ok(Answer::Claim(ClaimOutcome::Claimed { reentrant: true, .. })) => "claim reentrant".to_string(),
         Ok(Answer::Claim(ClaimOutcome::Claimed { previous, token, .. })) => match previous {
+            None if was_purged => "claim after purge".to_string(),
             None => "claim first".to_string(),
             Some(p) if p.ended == PreviousEnd::LeaseLapsed => "claim takeover".to_string(),
             Some(p) if p.token.log_index() == token.log_index() => "claim after release in the same entry".to_string(),
@@ -798,6 +905,11 @@ fn run(steps: &[Step], coverage: &mut BTreeMap<String, usize>) -> Result<(), Tes
             *coverage.entry("entry stamped older".to_string()).or_default() += 1;
         }
         let now = model.begin_entry(entry_time);
+        let purged = model.purge(now);
+        for (_, state) in &purged {
+            *coverage.entry("purged".to_string()).or_default() += 1;
+            *coverage.entry(format!("purged {state}")).or_default() += 1;
+        }
 
         // Resolve each op against the model as it stands after the entry's earlier commands.
         let mut commands = Vec::with_capacity(ops.len());
@@ -837,13 +949,34 @@ fn run(steps: &[Step], coverage: &mut BTreeMap<String, usize>) -> Result<(), Tes
                 }
             }
             observer.observe(now, position, command, result)?;
-            *coverage.entry(label(command, result)).or_default() += 1;
+            let was_purged = model.purged_tokens.contains_key(command.key());
+            *coverage.entry(label(command, result, was_purged)).or_default() += 1;
         }
-        observer.check_state(&core)?;
+        observer.check_state(&core, now)?;
 
-        // The same entry, one command at a time: a rejection leaves the state exactly as it was.
+        // No record is purged before its retention ended (a CLAIMED record never is), and a record
+        // no command of the entry named is left as it was.
+        for (key, record) in &before.records {
+            if record.retained_until().is_some_and(|until| until <= LedgerTime(now)) {
+                continue;
+            }
+            let after = core.records.get(key);
+            prop_assert!(after.is_some(), "{} ({:?}) was purged at {}", key, record, now);
+            if !commands.iter().any(|c| c.key() == key) {
+                prop_assert_eq!(after, Some(record), "{} changed at {} though no command named it", key, now);
+            }
+        }
+        // The deadline index holds exactly the COMPLETED and AVAILABLE records.
+        let indexed: BTreeSet<(LedgerTime, RecordKey)> =
+            core.records.iter().filter_map(|(key, r)| Some((r.retained_until()?, key.clone()))).collect();
+        prop_assert_eq!(&core.deadlines, &indexed, "the deadline index is out of step after entry {}", log_index);
+
+        // The same entry, one command at a time: the purge first, then each command; a rejection
+        // leaves the state exactly as it was.
         let mut one_by_one = before;
         one_by_one.set_ledger_time(LedgerTime(now));
+        let purged_count = purge_expired(&mut one_by_one, LedgerTime(now), PURGE_PER_ENTRY_MAX);
+        prop_assert_eq!(purged_count, purged.len(), "records purged at {}", now);
         for (slot, command) in commands.iter().enumerate() {
             let snapshot = one_by_one.clone();
             let position = LogPosition { log_index, slot: slot as u16 };
@@ -864,6 +997,13 @@ fn run(steps: &[Step], coverage: &mut BTreeMap<String, usize>) -> Result<(), Tes
             let stored = core.records.get(key).map(|r| Record { retention_ms: 0, ..r.clone() });
             prop_assert_eq!(stored, model.render(key), "record {} after entry {}", key, log_index);
         }
+        let horizons: BTreeMap<String, u64> =
+            core.purge_horizons.iter().map(|(ns, t)| (ns.clone(), t.as_ms())).collect();
+        prop_assert_eq!(&horizons, &model.purge_horizons, "purge horizons after entry {}", log_index);
+        prop_assert_eq!(
+            core.purge_horizon(NAMESPACE).as_ms(),
+            model.purge_horizons.get(NAMESPACE).copied().unwrap_or(0)
+        );
     }
     Ok(())
 }
@@ -895,6 +1035,7 @@ fn generated_runs_cover_every_transition_and_rejection() {
     }
     let wanted = [
         "claim first",
+        "claim after purge",
         "claim takeover",
         "claim after release",
         "claim after release in the same entry",
@@ -920,6 +1061,9 @@ fn generated_runs_cover_every_transition_and_rejection() {
         "rejected TOKEN_INVALID",
         "clock at a deadline",
         "entry stamped older",
+        "purged",
+        "purged COMPLETED",
+        "purged AVAILABLE",
     ];
     let missing: Vec<&str> = wanted.iter().copied().filter(|w| !coverage.contains_key(*w)).collect();
     assert!(missing.is_empty(), "never exercised: {missing:?}\ncoverage: {coverage:#?}");

@@ -49,6 +49,10 @@ impl ServiceError {
             error @ ProposeError::Timeout { .. } => ServiceError::NoQuorum(error.to_string()),
             error @ ProposeError::Overloaded => ServiceError::Overloaded(error.to_string()),
             ProposeError::Stopped(message) => ServiceError::ShuttingDown(message),
+            error @ ProposeError::GroupTooLarge { .. } => ServiceError::Invalid(LimitViolation {
+                reason: "BATCH_TOO_LARGE".to_string(),
+                message: error.to_string().trim_start_matches("BATCH_TOO_LARGE: ").to_string(),
+            }),
         }
     }
 }
@@ -63,37 +67,70 @@ fn record_metadata(record: &Record, metadata: &mut HashMap<String, String>) {
     }
 }
 
+impl ServiceError {
+    /// The gRPC code, stable reason and metadata this error is answered with.
+    pub fn parts(&self) -> (Code, String, HashMap<String, String>) {
+        let mut metadata = HashMap::new();
+        let (code, reason) = code_and_reason(self, &mut metadata);
+        (code, reason, metadata)
+    }
+}
+
+fn code_and_reason(error: &ServiceError, metadata: &mut HashMap<String, String>) -> (Code, String) {
+    match error {
+        ServiceError::Invalid(violation) => (Code::InvalidArgument, violation.reason.clone()),
+        ServiceError::Rejected(Rejection::Invalid(violation)) => (Code::InvalidArgument, violation.reason.clone()),
+        ServiceError::Rejected(rejection) => {
+            if let Some(record) = rejection.record() {
+                record_metadata(record, metadata);
+            }
+            (Code::FailedPrecondition, rejection.reason().to_string())
+        }
+        ServiceError::NotLeader { leader_id, leader_address, .. } => {
+            if let Some(id) = leader_id {
+                metadata.insert("leader_id".to_string(), id.to_string());
+            }
+            if let Some(address) = leader_address {
+                metadata.insert("leader_address".to_string(), address.clone());
+            }
+            (Code::Unavailable, "NOT_LEADER".to_string())
+        }
+        ServiceError::NoQuorum(_) => (Code::Unavailable, "NO_QUORUM".to_string()),
+        ServiceError::Overloaded(_) => (Code::ResourceExhausted, "OVERLOADED".to_string()),
+        ServiceError::ShuttingDown(_) => (Code::Unavailable, "SHUTTING_DOWN".to_string()),
+        ServiceError::Storage(_) => (Code::Internal, "STORAGE_FAILURE".to_string()),
+        ServiceError::ForwardFailed { leader_address, .. } => {
+            metadata.insert("leader_address".to_string(), leader_address.clone());
+            (Code::Unavailable, "NOT_LEADER".to_string())
+        }
+    }
+}
+
+/// The canonical gRPC name of a code, as batch item errors carry it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::Internal => "INTERNAL",
+        Code::NotFound => "NOT_FOUND",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        _ => "UNKNOWN",
+    }
+}
+
+impl From<&ServiceError> for dedup_proto::v1::ItemError {
+    fn from(error: &ServiceError) -> Self {
+        let (code, reason, metadata) = error.parts();
+        dedup_proto::v1::ItemError { code: code_name(code).to_string(), reason, message: error.to_string(), metadata }
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Status {
         let message = error.to_string();
-        let mut metadata = HashMap::new();
-        let (code, reason): (Code, String) = match &error {
-            ServiceError::Invalid(violation) => (Code::InvalidArgument, violation.reason.clone()),
-            ServiceError::Rejected(Rejection::Invalid(violation)) => (Code::InvalidArgument, violation.reason.clone()),
-            ServiceError::Rejected(rejection) => {
-                if let Some(record) = rejection.record() {
-                    record_metadata(record, &mut metadata);
-                }
-                (Code::FailedPrecondition, rejection.reason().to_string())
-            }
-            ServiceError::NotLeader { leader_id, leader_address, .. } => {
-                if let Some(id) = leader_id {
-                    metadata.insert("leader_id".to_string(), id.to_string());
-                }
-                if let Some(address) = leader_address {
-                    metadata.insert("leader_address".to_string(), address.clone());
-                }
-                (Code::Unavailable, "NOT_LEADER".to_string())
-            }
-            ServiceError::NoQuorum(_) => (Code::Unavailable, "NO_QUORUM".to_string()),
-            ServiceError::Overloaded(_) => (Code::ResourceExhausted, "OVERLOADED".to_string()),
-            ServiceError::ShuttingDown(_) => (Code::Unavailable, "SHUTTING_DOWN".to_string()),
-            ServiceError::Storage(_) => (Code::Internal, "STORAGE_FAILURE".to_string()),
-            ServiceError::ForwardFailed { leader_address, .. } => {
-                metadata.insert("leader_address".to_string(), leader_address.clone());
-                (Code::Unavailable, "NOT_LEADER".to_string())
-            }
-        };
+        let (code, reason, metadata) = error.parts();
         Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata))
     }
 }

@@ -86,14 +86,12 @@ impl HotTier {
 }
 
 impl ApplyObserver for HotTier {
-    fn records_applied(&self, records: &mut dyn Iterator<Item = (&RecordKey, &Record)>) {
+    fn records_applied(&self, records: &mut dyn Iterator<Item = (&RecordKey, Option<&Record>)>) {
         for (key, record) in records {
-            if matches!(record.state, RecordState::Completed { .. }) {
-                self.offer(key, record);
-            } else {
-                // Not reachable while COMPLETED is final, but a record that left COMPLETED
-                // (a purge, later) must not be answered from the cache.
-                self.cache.invalidate(key);
+            match record {
+                Some(record) if matches!(record.state, RecordState::Completed { .. }) => self.offer(key, record),
+                // Purged: a duplicate of it is no longer answered from the cache.
+                _ => self.cache.invalidate(key),
             }
         }
     }

@@ -8,10 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dedup_cluster::ledger::limits::BATCH_ITEMS_MAX;
 use dedup_cluster::ledger::Answer;
 use dedup_cluster::ledger::ClaimOutcome;
 use dedup_cluster::ledger::Command;
 use dedup_cluster::ledger::CommandResult;
+use dedup_cluster::ledger::LimitViolation;
 use dedup_cluster::ledger::RecordState;
 use dedup_cluster::ledger::Rejection;
 use dedup_cluster::node::ClusterNode;
@@ -162,6 +164,59 @@ impl LedgerService {
         }
     }
 
+    /// Converts every item, proposes the valid ones as one group (one Raft entry), and answers
+    /// each item in request order. An error of the whole group (not the leader, no quorum) is
+    /// returned as the call's error.
+    async fn write_batch<Req, ItemAnswer>(
+        &self,
+        items: Vec<Req>,
+        to_command: fn(Req) -> Result<Command, ServiceError>,
+        to_answer: fn(Applied) -> Result<ItemAnswer, ServiceError>,
+    ) -> Result<(Vec<Result<ItemAnswer, ServiceError>>, u64), ServiceError> {
+        if items.is_empty() {
+            return Err(ServiceError::Invalid(LimitViolation {
+                reason: "BATCH_EMPTY".to_string(),
+                message: "the batch has no items".to_string(),
+            }));
+        }
+        if items.len() > BATCH_ITEMS_MAX {
+            return Err(ServiceError::Invalid(LimitViolation {
+                reason: "BATCH_TOO_LARGE".to_string(),
+                message: format!(
+                    "the batch has {} items; the limit is {BATCH_ITEMS_MAX} (BATCH_ITEMS_MAX)",
+                    items.len()
+                ),
+            }));
+        }
+        let mut answers: Vec<Option<Result<ItemAnswer, ServiceError>>> = Vec::with_capacity(items.len());
+        let mut commands = Vec::new();
+        let mut positions = Vec::new();
+        for (position, item) in items.into_iter().enumerate() {
+            match to_command(item) {
+                Ok(command) => {
+                    commands.push(command);
+                    positions.push(position);
+                    answers.push(None);
+                }
+                Err(error) => answers.push(Some(Err(error))),
+            }
+        }
+        let mut applied_index = 0;
+        if !commands.is_empty() {
+            let applied = self
+                .node
+                .proposer
+                .propose_group(commands)
+                .await
+                .map_err(|e| ServiceError::from_propose(e, self.node.node_id))?;
+            for (position, applied) in positions.into_iter().zip(applied) {
+                applied_index = applied.log_index;
+                answers[position] = Some(to_answer(applied));
+            }
+        }
+        Ok((answers.into_iter().map(|a| a.expect("every item answered")).collect(), applied_index))
+    }
+
     fn read_local(&self, key: dedup_cluster::ledger::RecordKey) -> Result<pb::GetResponse, ServiceError> {
         // The applied index read first is a lower bound of what the record reflects.
         let applied = self.node.reader.applied();
@@ -172,10 +227,13 @@ impl LedgerService {
         if let Some(record) = &record {
             self.hot_tier.offer(&key, record);
         }
+        let purge_horizon = match self.node.reader.purge_horizon(&key.namespace) {
+            Ok(horizon) => horizon,
+            Err(error) => fail_stop::stop(&format!("reading the purge horizon of {}: {error}", key.namespace)),
+        };
         Ok(pb::GetResponse {
             record: record.map(|r| convert::record_view(&key, &r, applied.log_index, applied.ledger_time)),
-            // Nothing is purged yet: retention purging comes with compaction.
-            purge_horizon_ms: 0,
+            purge_horizon_ms: purge_horizon.as_ms(),
             applied_index: applied.log_index,
             ledger_time_ms: applied.ledger_time.as_ms(),
         })
@@ -236,6 +294,60 @@ fn extend_response(applied: Applied) -> Result<pb::ExtendLeaseResponse, ServiceE
 
 #[tonic::async_trait]
 impl pb::ledger_server::Ledger for LedgerService {
+    async fn check_and_claim_batch(
+        &self,
+        request: Request<pb::CheckAndClaimBatchRequest>,
+    ) -> Result<Response<pb::CheckAndClaimBatchResponse>, Status> {
+        use pb::check_and_claim_batch_item::Result as Item;
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let message = request.into_inner();
+        match self.write_batch(message.items.clone(), convert::claim_command, claim_response).await {
+            Ok((results, applied_index)) => {
+                let items = results
+                    .into_iter()
+                    .map(|result| pb::CheckAndClaimBatchItem {
+                        result: Some(match result {
+                            Ok(answer) => Item::Answer(answer),
+                            Err(error) => Item::Error((&error).into()),
+                        }),
+                    })
+                    .collect();
+                Ok(Response::new(pb::CheckAndClaimBatchResponse { items, applied_index }))
+            }
+            Err(ServiceError::NotLeader { leader_address: Some(address), .. }) if !forwarded => {
+                self.forward(&address, message, |mut c, r| async move { c.check_and_claim_batch(r).await }).await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn complete_batch(
+        &self,
+        request: Request<pb::CompleteBatchRequest>,
+    ) -> Result<Response<pb::CompleteBatchResponse>, Status> {
+        use pb::complete_batch_item::Result as Item;
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let message = request.into_inner();
+        match self.write_batch(message.items.clone(), convert::complete_command, complete_response).await {
+            Ok((results, applied_index)) => {
+                let items = results
+                    .into_iter()
+                    .map(|result| pb::CompleteBatchItem {
+                        result: Some(match result {
+                            Ok(answer) => Item::Answer(answer),
+                            Err(error) => Item::Error((&error).into()),
+                        }),
+                    })
+                    .collect();
+                Ok(Response::new(pb::CompleteBatchResponse { items, applied_index }))
+            }
+            Err(ServiceError::NotLeader { leader_address: Some(address), .. }) if !forwarded => {
+                self.forward(&address, message, |mut c, r| async move { c.complete_batch(r).await }).await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
     async fn check_and_claim(
         &self,
         request: Request<pb::CheckAndClaimRequest>,

@@ -60,7 +60,29 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start`], every node with the extra `dedupd` flags `args`.
+    ///
+    /// Ports are picked free and released before `dedupd` binds them, so a test running in
+    /// parallel can take one first; a node that exits at start is retried on fresh ports.
     pub async fn start_with(args: &[&str]) -> Cluster {
+        const START_ATTEMPTS: usize = 3;
+        for attempt in 1..=START_ATTEMPTS {
+            let mut cluster = Cluster::spawn(args);
+            // A node that cannot bind its port exits at once.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let exited: Vec<u64> = (1..=3).filter(|id| !cluster.is_running(*id)).collect();
+            if exited.is_empty() {
+                let leader = cluster.wait_for_leader(None).await;
+                cluster.wait_until_all_follow(leader).await;
+                if (1..=3).all(|id| cluster.is_running(id)) {
+                    return cluster;
+                }
+            }
+            eprintln!("cluster start attempt {attempt} failed (a node exited):\n{}", cluster.all_logs());
+        }
+        panic!("could not start a three-node cluster in {START_ATTEMPTS} attempts");
+    }
+
+    fn spawn(args: &[&str]) -> Cluster {
         let root = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(3);
         let nodes: BTreeMap<u64, Node> = (1..=3u64)
@@ -80,8 +102,6 @@ impl Cluster {
         for id in 1..=3 {
             cluster.start_node(id);
         }
-        let leader = cluster.wait_for_leader(None).await;
-        cluster.wait_until_all_follow(leader).await;
         cluster
     }
 

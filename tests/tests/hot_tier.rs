@@ -85,7 +85,7 @@ async fn a_duplicate_storm_on_a_follower_writes_nothing_to_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hot_tier_stays_within_its_byte_budget() {
     let budget: u64 = 64 * 1024;
-    let cluster = Cluster::start_with(&["--hot-tier-bytes", &budget.to_string()]).await;
+    let mut cluster = Cluster::start_with(&["--hot-tier-bytes", &budget.to_string()]).await;
     let endpoint = cluster.endpoint(1);
     // 200 completed keys with 2 KiB outcomes: about 400 KiB, six times the budget.
     let writers: Vec<_> = (0..200)
@@ -101,7 +101,11 @@ async fn the_hot_tier_stays_within_its_byte_budget() {
         let answer = ledger(&endpoint).await.check_and_claim(claim(&format!("big-{i}"), "dup", b"")).await.unwrap();
         assert!(matches!(answer.into_inner().result, Some(Answer::Completed(_))), "big-{i}");
     }
+    let leader = cluster.wait_for_leader(None).await;
+    let target = cluster.status(leader).await.unwrap().applied_index;
     for id in 1..=3 {
+        // Measure once the node has applied everything (its apply fills the hot tier).
+        cluster.wait_applied(id, target, std::time::Duration::from_secs(10)).await;
         let status = cluster.status(id).await.unwrap();
         assert_eq!(status.hot_tier_budget_bytes, budget);
         assert!(

@@ -3,6 +3,7 @@
 //! that applies the same log reaches the same state.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use super::types::*;
 use super::validate::validate_command;
@@ -11,7 +12,15 @@ use super::validate::validate_command;
 /// [`MemoryLedger`]; the transition logic never sees which.
 pub trait LedgerState {
     fn record(&self, key: &RecordKey) -> Option<Record>;
+    /// Stores `record`, keeping the index by retention deadline in step with it.
     fn put_record(&mut self, key: &RecordKey, record: Record);
+    fn remove_record(&mut self, key: &RecordKey);
+    /// Up to `limit` keys whose record's retention ended at or before `now`, earliest deadline
+    /// first, ties by key: the same list on every replica that applied the same log.
+    fn expired(&self, now: LedgerTime, limit: usize) -> Vec<RecordKey>;
+    /// Records of `namespace` whose retention ended at or before this time may have been purged.
+    fn purge_horizon(&self, namespace: &str) -> LedgerTime;
+    fn set_purge_horizon(&mut self, namespace: &str, horizon: LedgerTime);
     /// Ledger time of the last applied entry (0 before the first).
     fn ledger_time(&self) -> LedgerTime;
     fn set_ledger_time(&mut self, time: LedgerTime);
@@ -46,11 +55,33 @@ pub fn apply_entry<S: LedgerState>(
     );
     let now = entry_time.max(state.ledger_time());
     state.set_ledger_time(now);
+    purge_expired(state, now, super::limits::PURGE_PER_ENTRY_MAX);
     commands
         .iter()
         .enumerate()
         .map(|(slot, command)| apply(state, LogPosition { log_index, slot: slot as u16 }, now, command))
         .collect()
+}
+
+/// Purges up to `limit` COMPLETED or AVAILABLE records whose retention ended at or before
+/// `now`, and raises their namespaces' purge horizons. Returns how many it purged. Runs before
+/// an entry's commands, so a claim of a purged key starts afresh.
+pub fn purge_expired<S: LedgerState>(state: &mut S, now: LedgerTime, limit: usize) -> usize {
+    let expired = state.expired(now, limit);
+    assert!(expired.len() <= limit, "expired() returned more than {limit} keys");
+    for key in &expired {
+        let record = state.record(key).expect("an indexed record exists");
+        let retained_until = record.retained_until().expect("only COMPLETED and AVAILABLE records are indexed");
+        // Purging never drops a record inside its retention.
+        assert!(
+            retained_until <= now,
+            "record {key} purged at {now:?} before its retention ended at {retained_until:?}"
+        );
+        state.remove_record(key);
+        let horizon = state.purge_horizon(&key.namespace).max(retained_until);
+        state.set_purge_horizon(&key.namespace, horizon);
+    }
+    expired.len()
 }
 
 /// Applies one command at ledger time `now`. A rejection changes nothing.
@@ -336,6 +367,9 @@ fn decide_extend(
 pub struct MemoryLedger {
     pub records: BTreeMap<RecordKey, Record>,
     pub time: LedgerTime,
+    /// `(retained_until, key)` of every COMPLETED and AVAILABLE record.
+    pub deadlines: BTreeSet<(LedgerTime, RecordKey)>,
+    pub purge_horizons: BTreeMap<String, LedgerTime>,
 }
 
 impl LedgerState for MemoryLedger {
@@ -344,7 +378,35 @@ impl LedgerState for MemoryLedger {
     }
 
     fn put_record(&mut self, key: &RecordKey, record: Record) {
-        self.records.insert(key.clone(), record);
+        if let Some(deadline) = record.retained_until() {
+            self.deadlines.insert((deadline, key.clone()));
+        }
+        if let Some(old) = self.records.insert(key.clone(), record) {
+            let new_deadline = self.records[key].retained_until();
+            if let Some(old_deadline) = old.retained_until().filter(|d| Some(*d) != new_deadline) {
+                self.deadlines.remove(&(old_deadline, key.clone()));
+            }
+        }
+    }
+
+    fn remove_record(&mut self, key: &RecordKey) {
+        if let Some(old) = self.records.remove(key) {
+            if let Some(deadline) = old.retained_until() {
+                self.deadlines.remove(&(deadline, key.clone()));
+            }
+        }
+    }
+
+    fn expired(&self, now: LedgerTime, limit: usize) -> Vec<RecordKey> {
+        self.deadlines.iter().take_while(|(deadline, _)| *deadline <= now).take(limit).map(|(_, k)| k.clone()).collect()
+    }
+
+    fn purge_horizon(&self, namespace: &str) -> LedgerTime {
+        self.purge_horizons.get(namespace).copied().unwrap_or_default()
+    }
+
+    fn set_purge_horizon(&mut self, namespace: &str, horizon: LedgerTime) {
+        self.purge_horizons.insert(namespace.to_string(), horizon);
     }
 
     fn ledger_time(&self) -> LedgerTime {

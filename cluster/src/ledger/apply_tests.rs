@@ -1,6 +1,8 @@
 //! Unit tests of the pure ledger core: one test per transition and rejection of DESIGN §2-§3,
 //! each named for the behaviour a caller relies on.
 
+use std::collections::BTreeSet;
+
 use super::limits::*;
 use super::*;
 
@@ -979,4 +981,275 @@ fn retention_named_by_an_in_flight_duplicate_is_ignored() {
     apply_one(&mut ledger, 2, 10, Command::Claim(duplicate)).unwrap();
     let ack = expect_complete_ack(apply_one(&mut ledger, 3, 20, complete("a", token, succeeded(b"ok"))));
     assert_eq!(ack.retained_until, LedgerTime(20 + RETENTION_MS_DEFAULT));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Purge
+
+/// A claim of `name` with retention `retention_ms` and a long lease.
+fn claim_retained(name: &str, owner: &str, retention_ms: u64) -> Command {
+    Command::Claim(ClaimCommand { retention_ms: Some(retention_ms), ..claim(name, owner, 60_000) })
+}
+
+/// A ledger where `name` was claimed at log index 1, time 0, with retention 1000 ms, and
+/// completed at log index 2, time 100: retained until 1100.
+fn ledger_with_completed(name: &str) -> (MemoryLedger, FencingToken) {
+    let mut ledger = MemoryLedger::default();
+    let token = expect_claimed(apply_one(&mut ledger, 1, 0, claim_retained(name, "w", 1_000))).token;
+    let ack = expect_complete_ack(apply_one(&mut ledger, 2, 100, complete(name, token, succeeded(b"ok"))));
+    assert_eq!(ack.retained_until, LedgerTime(1_100));
+    (ledger, token)
+}
+
+/// The deadline index holds exactly the COMPLETED and AVAILABLE records.
+fn assert_deadlines_in_step(ledger: &MemoryLedger) {
+    let expected: BTreeSet<(LedgerTime, RecordKey)> =
+        ledger.records.iter().filter_map(|(key, r)| Some((r.retained_until()?, key.clone()))).collect();
+    assert_eq!(ledger.deadlines, expected);
+}
+
+#[test]
+fn purge_happens_at_the_first_entry_whose_time_reaches_retained_until_not_a_ms_earlier() {
+    let (mut ledger, _) = ledger_with_completed("a");
+    apply_entry(&mut ledger, 3, LedgerTime(1_099), &[]);
+    assert!(matches!(record_state(&ledger, "a"), RecordState::Completed { .. }), "purged inside its retention");
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(0));
+    assert_deadlines_in_step(&ledger);
+
+    apply_entry(&mut ledger, 4, LedgerTime(1_100), &[]);
+    assert!(!ledger.records.contains_key(&key("a")), "not purged when ledger time reached retained_until");
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(1_100));
+    assert!(ledger.deadlines.is_empty());
+}
+
+#[test]
+fn completed_and_available_records_are_purged_claimed_never_even_with_a_lapsed_lease() {
+    let mut ledger = MemoryLedger::default();
+    let results = apply_entry(
+        &mut ledger,
+        1,
+        LedgerTime(0),
+        &[
+            claim_retained("done", "w", 1_000),
+            claim_retained("released", "w", 1_000),
+            Command::Claim(ClaimCommand { retention_ms: Some(1_000), ..claim("stuck", "w", 100) }),
+        ],
+    );
+    let done = expect_claimed(results[0].clone()).token;
+    let released = expect_claimed(results[1].clone()).token;
+    let stuck = expect_claimed(results[2].clone()).token;
+    apply_entry(
+        &mut ledger,
+        2,
+        LedgerTime(10),
+        &[complete("done", done, succeeded(b"ok")), release("released", released, ReleaseReason::Retryable, b"")],
+    );
+    assert_deadlines_in_step(&ledger);
+
+    // Long after every retention and the lease ended: only the CLAIMED record is left.
+    let purged = purge_expired(&mut ledger.clone(), LedgerTime(1_000_000), PURGE_PER_ENTRY_MAX);
+    assert_eq!(purged, 2);
+    apply_entry(&mut ledger, 3, LedgerTime(1_000_000), &[]);
+    let keys: Vec<&[u8]> = ledger.records.keys().map(|k| k.key.as_slice()).collect();
+    assert_eq!(keys, vec![b"stuck".as_slice()]);
+    assert!(matches!(record_state(&ledger, "stuck"), RecordState::Claimed { lease_deadline: LedgerTime(100), .. }));
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(1_010));
+    apply_entry(&mut ledger, 4, LedgerTime(u64::MAX), &[]);
+    assert!(ledger.records.contains_key(&key("stuck")), "a CLAIMED record was purged");
+
+    // Its late completion starts its retention; only then may it go.
+    let ack = expect_complete_ack(apply_one(&mut ledger, 5, 0, complete("stuck", stuck, succeeded(b"late"))));
+    assert!(ack.late);
+    assert_eq!(ack.retained_until, LedgerTime(u64::MAX), "a deadline saturates rather than wrapping");
+    apply_entry(&mut ledger, 6, LedgerTime(0), &[]);
+    assert!(!ledger.records.contains_key(&key("stuck")));
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(u64::MAX));
+}
+
+#[test]
+fn the_horizon_of_the_namespace_becomes_the_purged_records_retained_until_and_only_its() {
+    let mut ledger = MemoryLedger::default();
+    let billing = RecordKey::new("billing", "a");
+    let claims = [
+        claim_retained("a", "w", 1_000),
+        Command::Claim(ClaimCommand { key: billing.clone(), ..claim("a", "w", 60_000) }),
+    ];
+    let results = apply_entry(&mut ledger, 1, LedgerTime(0), &claims);
+    let (orders_token, billing_token) =
+        (expect_claimed(results[0].clone()).token, expect_claimed(results[1].clone()).token);
+    let complete_billing = Command::Complete(CompleteCommand {
+        key: billing.clone(),
+        token: billing_token,
+        outcome: succeeded(b"ok"),
+        retention_ms: Some(5_000),
+    });
+    apply_entry(&mut ledger, 2, LedgerTime(100), &[complete("a", orders_token, succeeded(b"ok")), complete_billing]);
+
+    apply_entry(&mut ledger, 3, LedgerTime(3_000), &[]);
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(1_100), "the purged record's retained_until, not the time");
+    assert_eq!(ledger.purge_horizon("billing"), LedgerTime(0), "another namespace's horizon moved");
+    assert!(!ledger.purge_horizons.contains_key("billing"));
+    assert!(ledger.records.contains_key(&billing));
+
+    apply_entry(&mut ledger, 4, LedgerTime(9_000), &[]);
+    assert_eq!(ledger.purge_horizon("billing"), LedgerTime(5_100));
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(1_100));
+    assert!(ledger.records.is_empty());
+}
+
+#[test]
+fn more_than_64_expired_records_are_purged_64_per_entry_earliest_deadline_then_key_first() {
+    const RECORDS: usize = 150;
+    let mut ledger = MemoryLedger::default();
+    let name = |i: usize| format!("k{i:03}");
+    let claims: Vec<Command> = (0..RECORDS).map(|i| claim_retained(&name(i), "w", 1_000)).collect();
+    let tokens: Vec<FencingToken> =
+        apply_entry(&mut ledger, 1, LedgerTime(0), &claims).into_iter().map(|r| expect_claimed(r).token).collect();
+    // Completed two at a time, highest keys first: deadlines fall against key order, and the two
+    // keys of one entry tie on their deadline.
+    let mut expected: Vec<(LedgerTime, RecordKey)> = Vec::new();
+    for pair in 0..RECORDS / 2 {
+        let (low, high) = (RECORDS - 2 - 2 * pair, RECORDS - 1 - 2 * pair);
+        let time = 10 + pair as u64;
+        let commands = [
+            complete(&name(high), tokens[high], succeeded(b"ok")),
+            complete(&name(low), tokens[low], succeeded(b"ok")),
+        ];
+        for result in apply_entry(&mut ledger, 2 + pair as u64, LedgerTime(time), &commands) {
+            assert_eq!(expect_complete_ack(result).retained_until, LedgerTime(time + 1_000));
+        }
+        expected.push((LedgerTime(time + 1_000), key(&name(low))));
+        expected.push((LedgerTime(time + 1_000), key(&name(high))));
+    }
+    assert!(ledger.records.len() == RECORDS && ledger.deadlines.len() == RECORDS);
+
+    let mut index = 100;
+    for batch in expected.chunks(PURGE_PER_ENTRY_MAX) {
+        let before: BTreeSet<RecordKey> = ledger.records.keys().cloned().collect();
+        index += 1;
+        apply_entry(&mut ledger, index, LedgerTime(10_000), &[]);
+        let after: BTreeSet<RecordKey> = ledger.records.keys().cloned().collect();
+        let purged: BTreeSet<RecordKey> = before.difference(&after).cloned().collect();
+        let wanted: BTreeSet<RecordKey> = batch.iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(purged, wanted, "entry {index} purged the wrong records");
+        assert_eq!(ledger.purge_horizon(NS), batch.last().unwrap().0);
+        assert_deadlines_in_step(&ledger);
+    }
+    assert_eq!(index, 103, "150 records take three entries: 64, 64, 22");
+    assert!(ledger.records.is_empty());
+}
+
+#[test]
+fn a_claim_in_the_entry_that_purges_its_key_starts_afresh_with_attempt_one_and_no_previous() {
+    // AVAILABLE after a takeover and a release: attempt 2, with a previous attempt.
+    let mut ledger = MemoryLedger::default();
+    let first =
+        ClaimCommand { fingerprint: Some(b"fp-1".to_vec()), retention_ms: Some(1_000), ..claim("a", "w1", 100) };
+    let first = expect_claimed(apply_one(&mut ledger, 1, 0, Command::Claim(first))).token;
+    let second = expect_claimed(apply_one(&mut ledger, 2, 100, Command::Claim(claim("a", "w2", 100)))).token;
+    let ack =
+        expect_release_ack(apply_one(&mut ledger, 3, 150, release("a", second, ReleaseReason::EffectUnknown, b"")));
+    assert_eq!(ack.retained_until, LedgerTime(1_150));
+
+    // One ms early the record is still there and the claim is its third attempt.
+    let mut early = ledger.clone();
+    let retry = expect_claimed(apply_one(&mut early, 4, 1_149, Command::Claim(claim("a", "w3", 100))));
+    assert_eq!(retry.attempt, 3);
+    assert!(retry.previous.is_some());
+
+    // At the deadline the record is purged first: the claim is a first claim, and a different
+    // fingerprint is accepted because the old one is forgotten.
+    let fresh = ClaimCommand { fingerprint: Some(b"fp-2".to_vec()), ..claim("a", "w3", 100) };
+    let granted = expect_claimed(apply_one(&mut ledger, 4, 1_150, Command::Claim(fresh)));
+    assert_eq!(granted.token, FencingToken::new(4, 0));
+    assert!(granted.token > second && second > first, "tokens of a key still increase across a purge");
+    assert_eq!((granted.attempt, granted.previous, granted.reentrant), (1, None, false));
+    let record = &ledger.records[&key("a")];
+    assert_eq!(record.created_at, LedgerTime(1_150));
+    assert_eq!(record.fingerprint.as_deref(), Some(b"fp-2".as_slice()));
+    assert_eq!(record.retention_ms, RETENTION_MS_DEFAULT, "the purged record's retention is forgotten too");
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(1_150));
+    // Tokens of the purged record are fenced by the new one.
+    assert_rejected_unchanged(&mut ledger, 5, complete("a", second, succeeded(b"x")), "FENCED");
+
+    // A COMPLETED record purged in the same entry as a claim of its key: CLAIMED, not COMPLETED.
+    let (mut ledger, token) = ledger_with_completed("b");
+    let results = apply_entry(
+        &mut ledger,
+        7,
+        LedgerTime(1_100),
+        &[Command::Claim(claim("b", "w", 1_000)), complete("b", token, succeeded(b"ok"))],
+    );
+    let granted = expect_claimed(results[0].clone());
+    assert_eq!((granted.token, granted.attempt, granted.previous), (FencingToken::new(7, 0), 1, None));
+    assert_eq!(expect_rejection(results[1].clone()).reason(), "FENCED");
+}
+
+#[test]
+fn a_completed_record_is_answered_until_the_entry_that_reaches_its_deadline() {
+    let (mut ledger, token) = ledger_with_completed("a");
+    let answer = apply_one(&mut ledger, 3, 1_099, Command::Claim(claim("a", "w2", 1_000))).unwrap();
+    assert!(matches!(answer, Answer::Claim(ClaimOutcome::Completed { token: t, .. }) if t == token));
+    let replay = expect_complete_ack(apply_one(&mut ledger, 4, 1_099, complete("a", token, succeeded(b"ok"))));
+    assert!(replay.replayed);
+    // At the deadline the record is gone: a replayed complete finds nothing.
+    let rejection =
+        assert_rejected_unchanged_after_purge(&mut ledger, 5, 1_100, complete("a", token, succeeded(b"ok")));
+    assert!(matches!(rejection, Rejection::NotClaimed { record: None, .. }), "{rejection:?}");
+}
+
+/// Applies `command` as its own entry at `time_ms` and checks it is rejected.
+fn assert_rejected_unchanged_after_purge(
+    ledger: &mut MemoryLedger,
+    log_index: u64,
+    time_ms: u64,
+    command: Command,
+) -> Rejection {
+    let mut purged_only = ledger.clone();
+    apply_entry(&mut purged_only, log_index, LedgerTime(time_ms), &[]);
+    let rejection = expect_rejection(apply_one(ledger, log_index, time_ms, command));
+    assert_eq!(*ledger, purged_only, "a rejected command changed the ledger");
+    rejection
+}
+
+#[test]
+fn an_entry_stamped_older_than_the_ledger_time_purges_by_the_ledger_time() {
+    // A backlog: 100 records expire at 1100, an entry at 1100 purges 64 of them; the next entry
+    // is stamped 500 but applies at 1100 and purges the rest.
+    let mut ledger = MemoryLedger::default();
+    let name = |i: usize| format!("k{i:03}");
+    let claims: Vec<Command> = (0..100).map(|i| claim_retained(&name(i), "w", 1_000)).collect();
+    let completes: Vec<Command> = apply_entry(&mut ledger, 1, LedgerTime(0), &claims)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| complete(&name(i), expect_claimed(r).token, succeeded(b"ok")))
+        .collect();
+    apply_entry(&mut ledger, 2, LedgerTime(100), &completes);
+    apply_entry(&mut ledger, 3, LedgerTime(1_100), &[]);
+    assert_eq!(ledger.records.len(), 100 - PURGE_PER_ENTRY_MAX);
+    apply_entry(&mut ledger, 4, LedgerTime(500), &[]);
+    assert_eq!(ledger.time, LedgerTime(1_100));
+    assert!(ledger.records.is_empty(), "an entry stamped older purged by its own stamp");
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(1_100));
+
+    // The ledger time is past a deadline no entry has reached yet: an entry stamped 0 purges.
+    let (mut ledger, _) = ledger_with_completed("a");
+    ledger.set_ledger_time(LedgerTime(1_100));
+    apply_entry(&mut ledger, 3, LedgerTime(0), &[]);
+    assert!(ledger.records.is_empty());
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(1_100));
+}
+
+#[test]
+fn applying_one_command_does_not_purge() {
+    let (mut ledger, _) = ledger_with_completed("a");
+    let position = LogPosition { log_index: 3, slot: 0 };
+    expect_claimed(apply(&mut ledger, position, LedgerTime(5_000), &Command::Claim(claim("b", "w", 1_000))));
+    assert!(matches!(record_state(&ledger, "a"), RecordState::Completed { .. }));
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(0));
+    // purge_expired does, bounded by its limit.
+    assert_eq!(purge_expired(&mut ledger, LedgerTime(5_000), 0), 0);
+    assert!(ledger.records.contains_key(&key("a")));
+    assert_eq!(purge_expired(&mut ledger, LedgerTime(5_000), PURGE_PER_ENTRY_MAX), 1);
+    assert!(!ledger.records.contains_key(&key("a")));
 }

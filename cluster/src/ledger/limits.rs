@@ -30,6 +30,12 @@ pub const RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
 /// Longest a CheckAndClaim may wait on an in-flight duplicate. Waiting is not served yet, so the
 /// only accepted value is 0.
 pub const WAIT_MS_MAX: u64 = 0;
+/// Records purged at most while applying one entry: purging is spread over entries so that no
+/// apply stalls on a burst of expiries (DESIGN §7).
+pub const PURGE_PER_ENTRY_MAX: usize = 64;
+/// Items of one CheckAndClaimBatch or CompleteBatch call. A batch is one Raft entry, so it is
+/// also bounded by ENTRY_BYTES_MAX.
+pub const BATCH_ITEMS_MAX: usize = ENTRY_COMMANDS_MAX;
 /// Commands carried by one Raft entry (the leader's coalescer fills entries up to this).
 pub const ENTRY_COMMANDS_MAX: usize = 256;
 /// Encoded size of one Raft entry's commands. Below sled's unsynced-blob threshold (~128 KiB).

@@ -154,6 +154,17 @@ pub enum RecordState {
 }
 
 impl Record {
+    /// When the record may be purged: COMPLETED and AVAILABLE records are kept until then;
+    /// a CLAIMED record is never purged.
+    pub fn retained_until(&self) -> Option<LedgerTime> {
+        match self.state {
+            RecordState::Claimed { .. } => None,
+            RecordState::Completed { retained_until, .. } | RecordState::Available { retained_until, .. } => {
+                Some(retained_until)
+            }
+        }
+    }
+
     pub fn state_name(&self) -> &'static str {
         match self.state {
             RecordState::Claimed { .. } => "CLAIMED",

@@ -15,8 +15,8 @@ pub use engine::SledEngine;
 pub use engine::Space;
 pub use log::LogStore;
 pub use state_machine::record_storage_key;
-pub use state_machine::ApplyObserver;
 pub use state_machine::AppliedState;
+pub use state_machine::ApplyObserver;
 pub use state_machine::LedgerReader;
 pub use state_machine::ReadError;
 pub use state_machine::SnapshotBuilder;
@@ -24,10 +24,7 @@ pub use state_machine::StateMachineStore;
 
 /// Opens the node's storage under `data_dir` (`sled/` and `snapshot/`). Must be called inside a
 /// tokio runtime (the log store starts its flusher task).
-pub fn open(
-    data_dir: &Path,
-    observer: Option<Arc<dyn ApplyObserver>>,
-) -> io::Result<(LogStore, StateMachineStore)> {
+pub fn open(data_dir: &Path, observer: Option<Arc<dyn ApplyObserver>>) -> io::Result<(LogStore, StateMachineStore)> {
     std::fs::create_dir_all(data_dir)?;
     let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&data_dir.join("sled"))?);
     let log = LogStore::new(engine.clone());
@@ -37,5 +34,7 @@ pub fn open(
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod sled_model_tests;
 #[cfg(test)]
 mod suite_tests;

@@ -32,6 +32,7 @@ use super::engine::Space;
 use super::engine::WriteBatch;
 use crate::codec;
 use crate::ledger::apply_entry;
+use crate::ledger::limits::PURGE_PER_ENTRY_MAX;
 use crate::ledger::Command;
 use crate::ledger::LedgerState;
 use crate::ledger::LedgerTime;
@@ -60,10 +61,54 @@ pub fn record_storage_key(key: &RecordKey) -> Vec<u8> {
 /// Told about every record an apply wrote, after the write, on the state machine's task.
 /// Keep it cheap: it runs between applies. Used to keep a cache (the hot tier) coherent.
 pub trait ApplyObserver: Send + Sync + 'static {
-    /// Records written by one apply call, in key order.
-    fn records_applied(&self, records: &mut dyn Iterator<Item = (&RecordKey, &Record)>);
+    /// Records written by one apply call, in key order; `None`: the record was purged.
+    fn records_applied(&self, records: &mut dyn Iterator<Item = (&RecordKey, Option<&Record>)>);
     /// The whole ledger was replaced (snapshot installed): forget everything.
     fn ledger_replaced(&self);
+}
+
+/// Prefix of the deadline index: `x`, retention deadline (big-endian ms), namespace, a 0 byte,
+/// key. The 0 byte ends the namespace (it holds only `[A-Za-z0-9._-]`), so index keys of one
+/// deadline sort as `RecordKey`s do: the scan meets purge candidates in the core's order.
+const EXPIRY_PREFIX: u8 = b'x';
+
+/// The index key of `key`'s record with retention deadline `deadline`; with no key, the
+/// greatest index key of that deadline (an upper bound for scans).
+fn expiry_index_key(deadline: LedgerTime, key: Option<&RecordKey>) -> Vec<u8> {
+    let mut out = vec![EXPIRY_PREFIX];
+    out.extend_from_slice(&deadline.as_ms().to_be_bytes());
+    match key {
+        Some(key) => {
+            out.extend_from_slice(key.namespace.as_bytes());
+            out.push(0);
+            out.extend_from_slice(&key.key);
+        }
+        None => out.push(0xff),
+    }
+    out
+}
+
+fn parse_expiry_index_key(bytes: &[u8]) -> io::Result<(LedgerTime, RecordKey)> {
+    let corrupt = || io::Error::other(format!("malformed deadline index key {bytes:?}"));
+    let deadline = bytes.get(1..9).ok_or_else(corrupt)?;
+    let deadline = LedgerTime(u64::from_be_bytes(deadline.try_into().expect("8 bytes")));
+    let rest = &bytes[9..];
+    let end = rest.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
+    let namespace = String::from_utf8(rest[..end].to_vec()).map_err(|_| corrupt())?;
+    Ok((deadline, RecordKey { namespace, key: rest[end + 1..].to_vec() }))
+}
+
+fn horizon_key(namespace: &str) -> Vec<u8> {
+    let mut out = b"h/".to_vec();
+    out.extend_from_slice(namespace.as_bytes());
+    out
+}
+
+fn read_horizon(engine: &dyn Engine, namespace: &str) -> io::Result<LedgerTime> {
+    match engine.get(Space::Ledger, &horizon_key(namespace))? {
+        Some(bytes) => codec::decode(&bytes).map_err(io::Error::other),
+        None => Ok(LedgerTime(0)),
+    }
 }
 
 /// What the state machine has applied, published after every apply.
@@ -105,6 +150,12 @@ impl LedgerReader {
             Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// Records of `namespace` whose retention ended at or before this time may have been
+    /// purged (0: none purged yet).
+    pub fn purge_horizon(&self, namespace: &str) -> io::Result<LedgerTime> {
+        read_horizon(self.engine.as_ref(), namespace)
     }
 
     pub fn size_on_disk(&self) -> io::Result<u64> {
@@ -156,36 +207,111 @@ impl StateMachineStore {
     }
 }
 
-/// The ledger as one apply call sees it: every record the call's commands name, loaded before
-/// the pure core runs (so storage errors surface here, not inside it), plus the writes of the
-/// entries applied so far. The writes go to the engine in one batch at the end.
+/// The ledger as one apply call sees it. Everything the pure core may ask about is loaded
+/// before it runs (so storage errors surface here, not inside it): the records an entry's
+/// commands name, the records whose retention ended by the entry's time (from the deadline
+/// index), and their namespaces' purge horizons. Writes stay in memory until the call's one
+/// atomic engine write.
 struct ApplyBatch<'a> {
     engine: &'a dyn Engine,
+    /// Current records by key (`None`: no record), as of the entries applied so far.
     records: BTreeMap<RecordKey, Option<Record>>,
+    /// The retention deadline each loaded key has in the engine's deadline index.
+    stored_deadlines: BTreeMap<RecordKey, Option<LedgerTime>>,
+    /// Keys written (or removed) by this call.
     written: BTreeSet<RecordKey>,
+    /// Index entries read from the engine: candidates for purging.
+    expiry_candidates: BTreeSet<(LedgerTime, RecordKey)>,
+    horizons: BTreeMap<String, LedgerTime>,
+    written_horizons: BTreeSet<String>,
     time: LedgerTime,
 }
 
-impl ApplyBatch<'_> {
-    fn load(&mut self, commands: &[Command]) -> io::Result<()> {
+impl<'a> ApplyBatch<'a> {
+    fn new(engine: &'a dyn Engine, time: LedgerTime) -> ApplyBatch<'a> {
+        ApplyBatch {
+            engine,
+            records: BTreeMap::new(),
+            stored_deadlines: BTreeMap::new(),
+            written: BTreeSet::new(),
+            expiry_candidates: BTreeSet::new(),
+            horizons: BTreeMap::new(),
+            written_horizons: BTreeSet::new(),
+            time,
+        }
+    }
+
+    fn load_record(&mut self, key: &RecordKey) -> io::Result<()> {
+        if self.records.contains_key(key) {
+            return Ok(());
+        }
+        let stored = match self.engine.get(Space::Ledger, &record_storage_key(key))? {
+            Some(bytes) => Some(codec::decode::<Record>(&bytes).map_err(io::Error::other)?),
+            None => None,
+        };
+        self.stored_deadlines.insert(key.clone(), stored.as_ref().and_then(Record::retained_until));
+        self.records.insert(key.clone(), stored);
+        Ok(())
+    }
+
+    fn load_horizon(&mut self, namespace: &str) -> io::Result<()> {
+        if !self.horizons.contains_key(namespace) {
+            let horizon = read_horizon(self.engine, namespace)?;
+            self.horizons.insert(namespace.to_string(), horizon);
+        }
+        Ok(())
+    }
+
+    /// Loads what applying one entry at ledger time `now` may touch.
+    fn load(&mut self, commands: &[Command], now: LedgerTime) -> io::Result<()> {
         for command in commands {
-            let key = command.key();
-            if !self.records.contains_key(key) {
-                let stored = match self.engine.get(Space::Ledger, &record_storage_key(key))? {
-                    Some(bytes) => Some(codec::decode::<Record>(&bytes).map_err(io::Error::other)?),
-                    None => None,
-                };
-                self.records.insert(key.clone(), stored);
-            }
+            self.load_record(command.key())?;
+        }
+        // Index entries superseded in this call may hide up to `written.len()` live ones.
+        let limit = PURGE_PER_ENTRY_MAX + self.written.len();
+        let until = Bound::Included(expiry_index_key(now, None));
+        for (index_key, _) in self.engine.scan(Space::Ledger, Bound::Included(vec![EXPIRY_PREFIX]), until, limit)? {
+            let (deadline, key) = parse_expiry_index_key(&index_key)?;
+            self.load_record(&key)?;
+            self.load_horizon(&key.namespace)?;
+            self.expiry_candidates.insert((deadline, key));
+        }
+        // Records written earlier in this call may expire in this entry.
+        let written_expiring: Vec<String> = self
+            .written
+            .iter()
+            .filter(|key| self.records[*key].as_ref().and_then(Record::retained_until).is_some_and(|d| d <= now))
+            .map(|key| key.namespace.clone())
+            .collect();
+        for namespace in written_expiring {
+            self.load_horizon(&namespace)?;
         }
         Ok(())
     }
 
     fn writes(&self) -> io::Result<WriteBatch> {
-        let mut writes = Vec::with_capacity(self.written.len() + 3);
+        let mut writes = Vec::with_capacity(2 * self.written.len() + self.written_horizons.len() + 3);
         for key in &self.written {
-            let record = self.records[key].as_ref().expect("a written record is present");
-            writes.push((record_storage_key(key), Some(codec::encode(record).map_err(io::Error::other)?)));
+            let record = self.records[key].as_ref();
+            let storage_key = record_storage_key(key);
+            match record {
+                Some(record) => writes.push((storage_key, Some(codec::encode(record).map_err(io::Error::other)?))),
+                None => writes.push((storage_key, None)),
+            }
+            // Keep the deadline index in step with the record.
+            let old = self.stored_deadlines.get(key).copied().flatten();
+            let new = record.and_then(Record::retained_until);
+            if old != new {
+                if let Some(old) = old {
+                    writes.push((expiry_index_key(old, Some(key)), None));
+                }
+                if let Some(new) = new {
+                    writes.push((expiry_index_key(new, Some(key)), Some(Vec::new())));
+                }
+            }
+        }
+        for namespace in &self.written_horizons {
+            writes.push(meta_pair(&horizon_key(namespace), &self.horizons[namespace])?);
         }
         Ok(writes)
     }
@@ -199,6 +325,38 @@ impl LedgerState for ApplyBatch<'_> {
     fn put_record(&mut self, key: &RecordKey, record: Record) {
         self.records.insert(key.clone(), Some(record));
         self.written.insert(key.clone());
+    }
+
+    fn remove_record(&mut self, key: &RecordKey) {
+        self.records.insert(key.clone(), None);
+        self.written.insert(key.clone());
+    }
+
+    fn expired(&self, now: LedgerTime, limit: usize) -> Vec<RecordKey> {
+        // Candidates from the engine's index that still hold, plus records written in this
+        // call: the same set the index will hold after the call, so every replica agrees.
+        let mut expired: BTreeSet<(LedgerTime, &RecordKey)> = BTreeSet::new();
+        let current = |key: &RecordKey| self.records.get(key).and_then(|r| r.as_ref()).and_then(Record::retained_until);
+        for (deadline, key) in &self.expiry_candidates {
+            if current(key) == Some(*deadline) && *deadline <= now {
+                expired.insert((*deadline, key));
+            }
+        }
+        for key in &self.written {
+            if let Some(deadline) = current(key).filter(|d| *d <= now) {
+                expired.insert((deadline, key));
+            }
+        }
+        expired.into_iter().take(limit).map(|(_, key)| key.clone()).collect()
+    }
+
+    fn purge_horizon(&self, namespace: &str) -> LedgerTime {
+        self.horizons.get(namespace).copied().expect("apply loads the horizon of every purge candidate")
+    }
+
+    fn set_purge_horizon(&mut self, namespace: &str, horizon: LedgerTime) {
+        self.horizons.insert(namespace.to_string(), horizon);
+        self.written_horizons.insert(namespace.to_string());
     }
 
     fn ledger_time(&self) -> LedgerTime {
@@ -227,12 +385,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let start_time = self.applied.borrow().ledger_time;
-        let mut batch = ApplyBatch {
-            engine: self.engine.as_ref(),
-            records: BTreeMap::new(),
-            written: BTreeSet::new(),
-            time: start_time,
-        };
+        let mut batch = ApplyBatch::new(self.engine.as_ref(), start_time);
         let mut answers = Vec::new();
         let mut last_applied = None;
         let mut membership = None;
@@ -241,7 +394,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             match entry.payload {
                 EntryPayload::Blank => answers.push(EntryResults::default()),
                 EntryPayload::Normal(ledger_entry) => {
-                    if let Err(error) = batch.load(&ledger_entry.commands) {
+                    let now = ledger_entry.time.max(batch.time);
+                    if let Err(error) = batch.load(&ledger_entry.commands, now) {
                         tracing::error!(%error, "reading ledger records failed; the node stops (fail-stop)");
                         return Err(StorageIOError::apply(entry.log_id, &error).into());
                     }
@@ -273,7 +427,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Err(StorageIOError::apply(last_applied, &error).into());
         }
         if let Some(observer) = &self.observer {
-            let mut written = batch.written.iter().filter_map(|key| batch.records[key].as_ref().map(|record| (key, record)));
+            let mut written = batch.written.iter().map(|key| (key, batch.records[key].as_ref()));
             observer.records_applied(&mut written);
         }
         self.applied.send_replace(AppliedState { log_index: last_applied.index, ledger_time });
