@@ -63,6 +63,7 @@ fn to_io(error: sled::Error) -> io::Error {
 impl SledEngine {
     /// Opens (or creates) the one sled database of this process under `dir`.
     pub fn open(dir: &Path) -> io::Result<SledEngine> {
+        discard_torn_writes(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
@@ -83,6 +84,36 @@ impl SledEngine {
             Space::Ledger => &self.ledger,
         }
     }
+}
+
+/// sled 0.34 writes `conf` on a database's first open with two plain writes (settings, then
+/// checksum), no rename and no fsync; a crash between them leaves a `conf` that fails to parse
+/// on every later open ("Read corrupted data"), so the node could never start again. sled
+/// creates `db` only after `conf` is complete, so a folder with `conf` but no `db` has never
+/// held data: remove the torn `conf` and let sled start the folder afresh.
+///
+/// sled also writes its own page-cache snapshot as `snap.<lsn>.generating`, fsyncs it and only
+/// then renames it to `snap.<lsn>`; but when it opens it picks the greatest `snap.*` name,
+/// `.generating` included, so a kill mid-write leaves a file it then reads as corrupt, forever.
+/// A `.generating` file was never committed: remove it, and sled recovers from its previous
+/// snapshot and its log (found by `tests/tests/store_crash.rs`).
+fn discard_torn_writes(dir: &Path) -> io::Result<()> {
+    let conf = dir.join("conf");
+    if conf.exists() && !dir.join("db").exists() {
+        tracing::warn!(path = %conf.display(), "discarding sled settings of a first open that never completed");
+        std::fs::remove_file(&conf)?;
+    }
+    if dir.exists() {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name.starts_with("snap.") && name.ends_with(".generating") {
+                tracing::warn!(path = %path.display(), "discarding an interrupted sled page-cache snapshot");
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Engine for SledEngine {
@@ -127,5 +158,53 @@ impl Engine for SledEngine {
 
     fn size_on_disk(&self) -> io::Result<u64> {
         self.db.size_on_disk().map_err(to_io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opens `dir` again once the previous handle's background flusher has let go of sled's
+    /// file lock (it can outlive the handle by a moment).
+    fn reopen(dir: &Path) -> io::Result<SledEngine> {
+        for _ in 0..50 {
+            match SledEngine::open(dir) {
+                Err(error) if error.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                other => return other,
+            }
+        }
+        SledEngine::open(dir)
+    }
+
+    #[test]
+    fn a_first_open_killed_after_writing_half_the_settings_opens_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a kill between sled's two writes of `conf` leaves: settings, no checksum, no db.
+        std::fs::create_dir_all(dir.path().join("blobs")).unwrap();
+        std::fs::write(dir.path().join("conf"), "segment_size: 524288\nuse_compression: false\nversion: 0.34\n")
+            .unwrap();
+        let engine = SledEngine::open(dir.path()).expect("a torn first open must not block the node forever");
+        engine.write(Space::Ledger, vec![(b"k".to_vec(), Some(b"v".to_vec()))]).unwrap();
+        engine.flush().unwrap();
+        drop(engine);
+        // A database that did hold data is opened as it is, never discarded.
+        let engine = reopen(dir.path()).unwrap();
+        assert_eq!(engine.get(Space::Ledger, b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn an_interrupted_page_cache_snapshot_does_not_block_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(dir.path()).unwrap();
+        engine.write(Space::RaftLog, vec![(b"entry".to_vec(), Some(b"durable".to_vec()))]).unwrap();
+        engine.flush().unwrap();
+        drop(engine);
+        // What a kill while sled writes its page-cache snapshot leaves behind.
+        std::fs::write(dir.path().join("snap.FFFFFFFFFFFFFFF0.generating"), b"").unwrap();
+        let engine = reopen(dir.path()).expect("an unfinished sled snapshot must not block the node");
+        assert_eq!(engine.get(Space::RaftLog, b"entry").unwrap(), Some(b"durable".to_vec()));
     }
 }
