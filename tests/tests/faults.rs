@@ -97,58 +97,26 @@ async fn run_client(process: u64, endpoints: Vec<String>, history: History, coun
         };
         let endpoint = &endpoints[rng.gen_range(0..endpoints.len())];
         let lease_ms = rng.gen_range(1_000..=LEASE_MS_MAX);
-        let request_id = format!("{owner}-{n}");
-        let claim = pb::CheckAndClaimRequest {
-            namespace: NAMESPACE.into(),
-            key: key.clone().into_bytes(),
-            owner: owner.clone(),
-            lease_ms,
-            claim_request_id: request_id.clone(),
-            ..Default::default()
-        };
-        let op = history.invoke(process, NAMESPACE, &key, Call::claim_with_id(owner.clone(), lease_ms, request_id));
-        let token = match call(ledger(endpoint).await.check_and_claim(claim)).await {
-            Ok(answer) => match answer.result {
-                Some(ClaimResult::Claimed(c)) => {
-                    history.ok(op, Answer::claimed(c.token, c.lease_deadline_ms, c.attempt, answer.ledger_time_ms));
-                    let lapsed = c.previous.as_ref().filter(|p| p.ended == pb::PreviousEnd::LeaseLapsed as i32);
-                    if let Some(previous) = lapsed {
-                        counters.takeovers.fetch_add(1, Ordering::Relaxed);
-                        // A zombie: the previous holder's late complete, with its old token.
-                        complete(process, endpoint, &key, previous.token, &history, &counters).await;
-                    }
-                    Some((c.token, c.lease_deadline_ms))
-                }
-                Some(ClaimResult::InProgress(p)) => {
-                    history.ok(op, Answer::in_progress(p.owner, p.lease_deadline_ms, Some(answer.ledger_time_ms)));
-                    None
-                }
-                Some(ClaimResult::Completed(c)) => {
-                    let outcome = payload_text(c.outcome);
-                    history.ok(
-                        op,
-                        Answer::already_completed(c.token, outcome, c.completed_at_ms, Some(answer.ledger_time_ms)),
-                    );
-                    None
-                }
-                None => {
-                    history.info(op, "empty answer");
-                    None
-                }
-            },
-            Err(status) => {
-                record_error(&history, op, &status, &counters);
-                None
-            }
-        };
+        let token = claim(process, endpoint, &key, &owner, lease_ms, n, &history, &counters).await;
         let Some((token, _deadline)) = token else {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(20..150))).await;
             continue;
         };
         let endpoint = &endpoints[rng.gen_range(0..endpoints.len())];
         match rng.gen_range(0..100) {
-            // Abandon the claim: its lease lapses and someone takes the key over.
-            0..=19 => {}
+            // Abandon the claim: its lease lapses and someone takes the key over. Half the time that
+            // someone is another worker of this client, retrying once the lease has lapsed.
+            0..=19 => {
+                if rng.gen_bool(0.5) {
+                    tokio::time::sleep(Duration::from_millis(lease_ms + 200)).await;
+                    let retry_owner = format!("{owner}-retry");
+                    let retried =
+                        claim(process, endpoint, &key, &retry_owner, 2_000, n + 1_000_000, &history, &counters).await;
+                    if let Some((token, _)) = retried {
+                        complete(process, endpoint, &key, token, &history, &counters).await;
+                    }
+                }
+            }
             // Release it for a retry.
             20..=34 => release(process, endpoint, &key, token, &history, &counters).await,
             // Work past the lease, then complete: late, or FENCED if someone took over.
@@ -166,6 +134,65 @@ async fn run_client(process: u64, endpoints: Vec<String>, history: History, coun
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
                 complete(process, endpoint, &key, token, &history, &counters).await;
             }
+        }
+    }
+}
+
+/// Claims `key`; on a takeover, also sends the previous holder's zombie complete with its old
+/// token (it must be FENCED). Returns the granted token and deadline.
+#[allow(clippy::too_many_arguments)]
+async fn claim(
+    process: u64,
+    endpoint: &str,
+    key: &str,
+    owner: &str,
+    lease_ms: u64,
+    n: u64,
+    history: &History,
+    counters: &Counters,
+) -> Option<(u64, u64)> {
+    let request_id = format!("{owner}-{n}");
+    let request = pb::CheckAndClaimRequest {
+        namespace: NAMESPACE.into(),
+        key: key.as_bytes().to_vec(),
+        owner: owner.to_string(),
+        lease_ms,
+        claim_request_id: request_id.clone(),
+        ..Default::default()
+    };
+    let op = history.invoke(process, NAMESPACE, key, Call::claim_with_id(owner.to_string(), lease_ms, request_id));
+    match call(ledger(endpoint).await.check_and_claim(request)).await {
+        Ok(answer) => match answer.result {
+            Some(ClaimResult::Claimed(c)) => {
+                history.ok(op, Answer::claimed(c.token, c.lease_deadline_ms, c.attempt, answer.ledger_time_ms));
+                let lapsed = c.previous.as_ref().filter(|p| p.ended == pb::PreviousEnd::LeaseLapsed as i32);
+                if let Some(previous) = lapsed {
+                    counters.takeovers.fetch_add(1, Ordering::Relaxed);
+                    // A zombie: the previous holder's late complete, with its old token.
+                    complete(process, endpoint, key, previous.token, history, counters).await;
+                }
+                Some((c.token, c.lease_deadline_ms))
+            }
+            Some(ClaimResult::InProgress(p)) => {
+                history.ok(op, Answer::in_progress(p.owner, p.lease_deadline_ms, Some(answer.ledger_time_ms)));
+                None
+            }
+            Some(ClaimResult::Completed(c)) => {
+                let outcome = payload_text(c.outcome);
+                history.ok(
+                    op,
+                    Answer::already_completed(c.token, outcome, c.completed_at_ms, Some(answer.ledger_time_ms)),
+                );
+                None
+            }
+            None => {
+                history.info(op, "empty answer");
+                None
+            }
+        },
+        Err(status) => {
+            record_error(history, op, &status, counters);
+            None
         }
     }
 }
