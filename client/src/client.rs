@@ -191,8 +191,10 @@ impl DedupClient {
     pub async fn check_and_claim(&self, request: &ClaimRequest) -> Result<ClaimAnswer, Error> {
         let id = request.claim_request_id.clone().unwrap_or_else(new_claim_request_id);
         let message = request.to_proto(id);
+        // A parked claim may take its whole wait: every attempt and the deadline allow for it.
+        let wait = request.wait.unwrap_or(Duration::ZERO);
         let response = self
-            .call(self.inner.config.call_deadline, message, |channel, request| async move {
+            .call_with_wait(self.inner.config.call_deadline + wait, wait, message, |channel, request| async move {
                 ledger(channel).check_and_claim(request).await
             })
             .await?;
@@ -418,6 +420,23 @@ impl DedupClient {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        self.call_with_wait(deadline, Duration::ZERO, message, rpc).await
+    }
+
+    /// [`DedupClient::call`] for a request the server may hold for up to `wait` (a parked
+    /// claim): each attempt's timeout is the request timeout plus `wait`.
+    async fn call_with_wait<Req, Resp, F, Fut>(
+        &self,
+        deadline: Duration,
+        wait: Duration,
+        message: Req,
+        rpc: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
         let config = &self.inner.config;
         let started = Instant::now();
         let give_up_at = started + deadline;
@@ -433,7 +452,7 @@ impl DedupClient {
             }
             let slot = self.slot(index);
             attempts += 1;
-            let timeout = config.request_timeout.min(remaining);
+            let timeout = (config.request_timeout + wait).min(remaining);
             let error = match Self::attempt(&slot, timeout, message.clone(), &rpc).await {
                 Ok(response) => {
                     self.set_preferred(index);

@@ -69,6 +69,7 @@ pub use once::Failure;
 pub use once::Once;
 pub use once::OnceError;
 pub use once::OnceOptions;
+pub use once::ONCE_WAIT_DEFAULT;
 pub use types::*;
 
 /// The endpoints of the local three-node cluster (`scripts/local-cluster.sh`).

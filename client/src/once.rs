@@ -11,10 +11,11 @@
 //!                                  └─ Err(Failure::Final)         → Complete(FAILED_FINAL)  → Err(Final)
 //! ```
 //!
-//! **No waiting on in-flight duplicates yet.** The server does not serve `wait_ms` yet, so an
-//! in-flight duplicate is returned at once as [`OnceError::InProgress`] with the holder and the
-//! time until its lease lapses; the caller decides whether to retry after `retry_after`. When the
-//! server learns to park waiters, `once` will wait server-side instead (no polling here).
+//! **In-flight duplicates wait server-side.** The claim asks the server to park it for
+//! [`OnceOptions::wait`] (default [`ONCE_WAIT_DEFAULT`]) while someone else holds the key: it
+//! returns the stored outcome as soon as the holder completes, claims the key if the holder
+//! releases it or its lease lapses, and only when the wait ends returns
+//! [`OnceError::InProgress`] with the holder and the time until its lease lapses. No polling.
 
 use std::future::Future;
 use std::time::Duration;
@@ -49,7 +50,12 @@ pub struct OnceOptions {
     /// Id of this logical call, for retrying `once` itself after a lost claim answer; `None`: a
     /// fresh id per `once` call.
     pub claim_request_id: Option<String>,
+    /// How long to wait server-side on an in-flight duplicate (at most 30 s); zero: not at all.
+    pub wait: Duration,
 }
+
+/// How long `once` waits on an in-flight duplicate by default.
+pub const ONCE_WAIT_DEFAULT: Duration = Duration::from_secs(10);
 
 impl OnceOptions {
     pub fn new(owner: impl Into<String>) -> OnceOptions {
@@ -59,6 +65,7 @@ impl OnceOptions {
             fingerprint: None,
             retention: None,
             claim_request_id: None,
+            wait: ONCE_WAIT_DEFAULT,
         }
     }
 
@@ -74,6 +81,11 @@ impl OnceOptions {
 
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention = Some(retention);
+        self
+    }
+
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
         self
     }
 
@@ -283,8 +295,8 @@ impl DedupClient {
     /// [`ClaimContext::lease_lost`] tells it. If the `once` future itself is dropped or the
     /// action panics, the claim is released EFFECT_UNKNOWN in the background.
     ///
-    /// In-flight duplicates are not waited for (the server does not serve waiting yet): they
-    /// return [`OnceError::InProgress`] at once.
+    /// An in-flight duplicate is parked server-side for `options.wait`; it returns
+    /// [`OnceError::InProgress`] only if the key is still held when the wait ends.
     pub async fn once<F, Fut, E>(
         &self,
         namespace: impl Into<String>,
@@ -306,6 +318,7 @@ impl DedupClient {
             fingerprint: options.fingerprint,
             claim_request_id: options.claim_request_id,
             retention: options.retention,
+            wait: (!options.wait.is_zero()).then_some(options.wait),
         };
         let claim = match self.check_and_claim(&request).await.map_err(OnceError::Claim)? {
             ClaimAnswer::Completed(completed) => return Ok(Once::Duplicate(completed)),

@@ -40,6 +40,10 @@ pub struct ClaimRequest {
     pub claim_request_id: Option<String>,
     /// How long the record is kept after it completes or is released; `None`: cluster default.
     pub retention: Option<Duration>,
+    /// How long the server may park this claim while someone else holds the key (at most
+    /// 30 s): it answers as soon as the key completes or becomes claimable (then it claims it),
+    /// or IN_PROGRESS when the wait ends. `None`: answer at once.
+    pub wait: Option<Duration>,
 }
 
 impl ClaimRequest {
@@ -52,7 +56,13 @@ impl ClaimRequest {
             fingerprint: None,
             claim_request_id: None,
             retention: None,
+            wait: None,
         }
+    }
+
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
     }
 
     pub fn with_lease(mut self, lease: Duration) -> Self {
@@ -83,8 +93,7 @@ impl ClaimRequest {
             lease_ms: millis(self.lease),
             fingerprint: self.fingerprint.clone().unwrap_or_default(),
             claim_request_id,
-            // Waiting on in-flight duplicates is not served yet; the server requires 0.
-            wait_ms: 0,
+            wait_ms: self.wait.map(millis).unwrap_or(0),
             retention_ms: self.retention.map(millis).unwrap_or(0),
         }
     }
@@ -533,7 +542,9 @@ mod tests {
         let proto = request.to_proto("id-1".to_string());
         assert_eq!(proto.lease_ms, 30_000);
         assert_eq!(proto.retention_ms, 0, "0 = cluster default");
-        assert_eq!(proto.wait_ms, 0, "waiting is not served yet");
+        assert_eq!(proto.wait_ms, 0, "no wait unless asked");
+        let waiting = ClaimRequest::new("orders", "order-42", "worker-a").with_wait(Duration::from_millis(2_500));
+        assert_eq!(waiting.to_proto("id-2".to_string()).wait_ms, 2_500);
         assert!(proto.fingerprint.is_empty());
         assert_eq!(proto.claim_request_id, "id-1");
         assert_eq!(proto.key, b"order-42");

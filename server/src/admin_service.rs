@@ -10,6 +10,7 @@ use openraft::ServerState;
 use tonic::Request;
 
 use crate::hot_tier::HotTier;
+use crate::waiters::Waiters;
 use tonic::Response;
 use tonic::Status;
 
@@ -18,6 +19,7 @@ pub struct AdminService {
     hot_tier: HotTier,
     hot_tier_budget_bytes: u64,
     local_duplicates: Arc<AtomicU64>,
+    waiters: Waiters,
 }
 
 impl AdminService {
@@ -26,8 +28,9 @@ impl AdminService {
         hot_tier: HotTier,
         hot_tier_budget_bytes: u64,
         local_duplicates: Arc<AtomicU64>,
+        waiters: Waiters,
     ) -> AdminService {
-        AdminService { node, hot_tier, hot_tier_budget_bytes, local_duplicates }
+        AdminService { node, hot_tier, hot_tier_budget_bytes, local_duplicates, waiters }
     }
 }
 
@@ -77,6 +80,7 @@ impl pb::admin_server::Admin for AdminService {
             hot_tier_hits: self.hot_tier.stats().hits.load(Ordering::Relaxed),
             hot_tier_misses: self.hot_tier.stats().misses.load(Ordering::Relaxed),
             duplicates_answered_locally: self.local_duplicates.load(Ordering::Relaxed),
+            waiters_parked: self.waiters.parked() as u64,
         }))
     }
 }

@@ -30,6 +30,9 @@ pub enum ServiceError {
     NoQuorum(String),
     #[error("{0}")]
     Overloaded(String),
+    /// Too many calls already wait (`wait_ms`) on this node or key.
+    #[error("{0}")]
+    WaitersFull(LimitViolation),
     #[error("SHUTTING_DOWN: {0}")]
     ShuttingDown(String),
     /// Local storage failed; the node is stopping (fail-stop).
@@ -97,6 +100,7 @@ fn code_and_reason(error: &ServiceError, metadata: &mut HashMap<String, String>)
         }
         ServiceError::NoQuorum(_) => (Code::Unavailable, "NO_QUORUM".to_string()),
         ServiceError::Overloaded(_) => (Code::ResourceExhausted, "OVERLOADED".to_string()),
+        ServiceError::WaitersFull(violation) => (Code::ResourceExhausted, violation.reason.clone()),
         ServiceError::ShuttingDown(_) => (Code::Unavailable, "SHUTTING_DOWN".to_string()),
         ServiceError::Storage(_) => (Code::Internal, "STORAGE_FAILURE".to_string()),
         ServiceError::ForwardFailed { leader_address, .. } => {

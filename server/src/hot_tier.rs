@@ -85,14 +85,21 @@ impl HotTier {
     }
 }
 
+impl HotTier {
+    /// Keeps the cache coherent with one record an apply wrote (`None`: purged).
+    pub fn observe(&self, key: &RecordKey, record: Option<&Record>) {
+        match record {
+            Some(record) if matches!(record.state, RecordState::Completed { .. }) => self.offer(key, record),
+            // Purged: a duplicate of it is no longer answered from the cache.
+            _ => self.cache.invalidate(key),
+        }
+    }
+}
+
 impl ApplyObserver for HotTier {
     fn records_applied(&self, records: &mut dyn Iterator<Item = (&RecordKey, Option<&Record>)>) {
         for (key, record) in records {
-            match record {
-                Some(record) if matches!(record.state, RecordState::Completed { .. }) => self.offer(key, record),
-                // Purged: a duplicate of it is no longer answered from the cache.
-                _ => self.cache.invalidate(key),
-            }
+            self.observe(key, record);
         }
     }
 

@@ -8,6 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use dedup_cluster::ledger::limits::BATCH_ITEMS_MAX;
 use dedup_cluster::ledger::Answer;
 use dedup_cluster::ledger::ClaimOutcome;
@@ -34,10 +36,16 @@ use crate::fail_stop;
 use crate::forward::LeaderChannels;
 use crate::forward::FORWARDED_HEADER;
 use crate::hot_tier::HotTier;
+use crate::waiters::Waiters;
+
+/// A parked claim retries this long after the holder's lease should have lapsed, so that the
+/// retry's ledger time is past the deadline.
+const LEASE_LAPSE_SLACK_MS: u64 = 20;
 
 pub struct LedgerService {
     node: ClusterNode,
     hot_tier: HotTier,
+    waiters: Waiters,
     /// Duplicate claims answered COMPLETED by this node without a Raft round.
     local_duplicates: Arc<AtomicU64>,
     leaders: LeaderChannels,
@@ -49,12 +57,14 @@ impl LedgerService {
     pub fn new(
         node: ClusterNode,
         hot_tier: HotTier,
+        waiters: Waiters,
         local_duplicates: Arc<AtomicU64>,
         commit_timeout: Duration,
     ) -> LedgerService {
         LedgerService {
             node,
             hot_tier,
+            waiters,
             local_duplicates,
             leaders: LeaderChannels::default(),
             forward_timeout: commit_timeout + Duration::from_secs(2),
@@ -161,6 +171,57 @@ impl LedgerService {
                 message: format!("{}: {}", status.code(), status.message()),
             }
             .into()),
+        }
+    }
+
+    /// One claim: the fast duplicate path, else a Raft write (forwarded from a follower).
+    async fn claim_now(
+        &self,
+        request: Request<pb::CheckAndClaimRequest>,
+    ) -> Result<Response<pb::CheckAndClaimResponse>, Status> {
+        if let Some(answer) = self.completed_locally(request.get_ref())? {
+            return Ok(Response::new(answer));
+        }
+        self.write(
+            request,
+            convert::claim_command,
+            claim_response,
+            |mut c, r| async move { c.check_and_claim(r).await },
+        )
+        .await
+    }
+
+    /// A claim with `wait_ms`: while the answer is IN_PROGRESS, park until an apply on this node
+    /// writes the key (completed, released) or the holder's lease may have lapsed, then claim
+    /// again; answer IN_PROGRESS when the wait ends. The waiting happens on the node the client
+    /// reached; each claim it makes is an ordinary one (forwarded with `wait_ms = 0`).
+    async fn claim_waiting(
+        &self,
+        request: Request<pb::CheckAndClaimRequest>,
+    ) -> Result<Response<pb::CheckAndClaimResponse>, Status> {
+        // Refuse a bad request (wait_ms over WAIT_MS_MAX included) before parking it.
+        let command = convert::claim_command(request.get_ref().clone())?;
+        let slot = self.waiters.park(command.key()).map_err(ServiceError::WaitersFull)?;
+        let deadline = Instant::now() + Duration::from_millis(request.get_ref().wait_ms);
+        let mut message = request.into_inner();
+        message.wait_ms = 0;
+        loop {
+            let notified = slot.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let response = self.claim_now(Request::new(message.clone())).await?;
+            let Some(pb::check_and_claim_response::Result::InProgress(busy)) = &response.get_ref().result else {
+                return Ok(response);
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(response);
+            }
+            let lapse = Duration::from_millis(busy.retry_after_ms + LEASE_LAPSE_SLACK_MS);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(lapse.min(deadline - now)) => {}
+            }
         }
     }
 
@@ -352,16 +413,10 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         request: Request<pb::CheckAndClaimRequest>,
     ) -> Result<Response<pb::CheckAndClaimResponse>, Status> {
-        if let Some(answer) = self.completed_locally(request.get_ref())? {
-            return Ok(Response::new(answer));
+        if request.get_ref().wait_ms == 0 {
+            return self.claim_now(request).await;
         }
-        self.write(
-            request,
-            convert::claim_command,
-            claim_response,
-            |mut c, r| async move { c.check_and_claim(r).await },
-        )
-        .await
+        self.claim_waiting(request).await
     }
 
     async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {

@@ -9,6 +9,7 @@ pub mod fail_stop;
 pub mod forward;
 pub mod hot_tier;
 pub mod ledger_service;
+pub mod waiters;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .with_context(|| format!("binding --listen {}", config.listen))?;
     let commit_timeout = Duration::from_millis(config.commit_timeout_ms);
     let hot_tier = hot_tier::HotTier::new(config.hot_tier_bytes);
+    let waiters = waiters::Waiters::default();
+    let observer = waiters::NodeObserver { hot_tier: hot_tier.clone(), waiters: waiters.clone() };
     let node = dedup_cluster::node::start(
         NodeConfig {
             node_id: config.node_id,
@@ -50,7 +53,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             },
         },
         Arc::new(SystemClock::default()),
-        Some(Arc::new(hot_tier.clone())),
+        Some(Arc::new(observer)),
     )
     .await
     .context("starting the Raft node")?;
@@ -61,6 +64,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let ledger = LedgerServer::new(ledger_service::LedgerService::new(
         node.clone(),
         hot_tier.clone(),
+        waiters.clone(),
         local_duplicates.clone(),
         commit_timeout,
     ))
@@ -71,6 +75,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         hot_tier,
         config.hot_tier_bytes,
         local_duplicates,
+        waiters,
     ));
     let peer = RaftPeerService::new(node.node_id, node.raft.clone()).into_server();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -284,7 +284,7 @@ async fn every_limit_is_enforced_with_a_named_error() {
     r.claim_request_id = "r".repeat(65);
     cases.push(("REQUEST_ID_TOO_LONG", r));
     let mut r = ok();
-    r.wait_ms = 1000;
+    r.wait_ms = 30_001;
     cases.push(("WAIT_MS_OUT_OF_RANGE", r));
     for (expected, request) in cases {
         let status = ledger(&endpoint).await.check_and_claim(request).await.unwrap_err();

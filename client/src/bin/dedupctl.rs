@@ -104,6 +104,10 @@ enum Command {
         /// How long the record is kept after it completes or is released [default: cluster's].
         #[arg(long)]
         retention_ms: Option<u64>,
+        /// Wait up to this long (at most 30000) while someone else holds the key: answers as soon
+        /// as it completes or becomes claimable, IN_PROGRESS when the wait ends.
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
     },
     /// Store the outcome of a claim (Complete).
     Complete {
@@ -204,8 +208,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let client = connect(&cli)?;
     let doc = match cli.command {
-        Command::Claim { namespace, key, owner, lease_ms, fingerprint, request_id, retention_ms } => {
+        Command::Claim { namespace, key, owner, lease_ms, fingerprint, request_id, retention_ms, wait_ms } => {
             let mut request = ClaimRequest::new(namespace, key, owner).with_lease(Duration::from_millis(lease_ms));
+            request.wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
             request.fingerprint = fingerprint.map(String::into_bytes);
             request.claim_request_id = request_id;
             request.retention = retention_ms.map(Duration::from_millis);
@@ -782,7 +787,7 @@ mod tests {
         let cli = parse(&["claim", "orders", "order-42", "--owner", "worker-a"]).unwrap();
         assert_eq!(cli.output, OutputFormat::Table);
         assert_eq!(cli.timeout_ms, None);
-        let Command::Claim { namespace, key, owner, lease_ms, fingerprint, request_id, retention_ms } = cli.command
+        let Command::Claim { namespace, key, owner, lease_ms, fingerprint, request_id, retention_ms, .. } = cli.command
         else {
             panic!("{:?}", cli.command)
         };

@@ -27,9 +27,8 @@ pub const RETENTION_MS_MIN: u64 = 1000;
 pub const RETENTION_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Retention of a record whose requests named none (24 hours).
 pub const RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
-/// Longest a CheckAndClaim may wait on an in-flight duplicate. Waiting is not served yet, so the
-/// only accepted value is 0.
-pub const WAIT_MS_MAX: u64 = 0;
+/// Longest a CheckAndClaim may wait on an in-flight duplicate (30 s).
+pub const WAIT_MS_MAX: u64 = 30_000;
 /// Records purged at most while applying one entry: purging is spread over entries so that no
 /// apply stalls on a burst of expiries (DESIGN §7).
 pub const PURGE_PER_ENTRY_MAX: usize = 64;

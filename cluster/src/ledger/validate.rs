@@ -145,9 +145,7 @@ pub fn validate_wait_ms(wait_ms: u64) -> Result<(), LimitViolation> {
     if wait_ms > WAIT_MS_MAX {
         return Err(violation(
             "WAIT_MS_OUT_OF_RANGE",
-            format!(
-                "wait_ms is {wait_ms}; waiting on in-flight duplicates is not served yet (WAIT_MS_MAX = {WAIT_MS_MAX})"
-            ),
+            format!("wait_ms is {wait_ms}; the limit is {WAIT_MS_MAX} ms (WAIT_MS_MAX)"),
         ));
     }
     Ok(())
