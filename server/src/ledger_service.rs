@@ -75,13 +75,9 @@ impl LedgerService {
     /// answered here, from the hot tier or sled, with no Raft round. A COMPLETED record never
     /// changes, so the answer is the one the leader would give. `None`: not known completed
     /// here; the claim must go through the leader.
-    fn completed_locally(
-        &self,
-        message: &pb::CheckAndClaimRequest,
-    ) -> Result<Option<pb::CheckAndClaimResponse>, ServiceError> {
-        // Same checks as the Raft path, so a request is refused the same way on either path.
-        let Command::Claim(claim) = convert::claim_command(message.clone())? else {
-            unreachable!("claim_command builds a claim");
+    fn completed_locally(&self, command: &Command) -> Result<Option<pb::CheckAndClaimResponse>, ServiceError> {
+        let Command::Claim(claim) = command else {
+            return Ok(None);
         };
         let applied = self.node.reader.applied();
         let record = match self.hot_tier.completed(&claim.key) {
@@ -135,6 +131,23 @@ impl LedgerService {
         let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
         let message = request.into_inner();
         let command = to_command(message.clone())?;
+        self.propose_or_forward(forwarded, message, command, to_response, forward).await
+    }
+
+    /// Proposes `command`; when this node is not the leader, forwards the original `message`
+    /// (unless it was forwarded here already).
+    async fn propose_or_forward<Req, Resp, Call, Fut>(
+        &self,
+        forwarded: bool,
+        message: Req,
+        command: Command,
+        to_response: fn(Applied) -> Result<Resp, ServiceError>,
+        forward: Call,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Call: FnOnce(LedgerClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
         match self.propose(command).await {
             Ok(applied) => Ok(Response::new(to_response(applied)?)),
             Err(ServiceError::NotLeader { leader_address: Some(address), .. }) if !forwarded => {
@@ -179,16 +192,15 @@ impl LedgerService {
         &self,
         request: Request<pb::CheckAndClaimRequest>,
     ) -> Result<Response<pb::CheckAndClaimResponse>, Status> {
-        if let Some(answer) = self.completed_locally(request.get_ref())? {
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let message = request.into_inner();
+        // Checked once, for both paths, so a request is refused the same way on either.
+        let command = convert::claim_command(message.clone())?;
+        if let Some(answer) = self.completed_locally(&command)? {
             return Ok(Response::new(answer));
         }
-        self.write(
-            request,
-            convert::claim_command,
-            claim_response,
-            |mut c, r| async move { c.check_and_claim(r).await },
-        )
-        .await
+        let forward = |mut c: LedgerClient<Channel>, r| async move { c.check_and_claim(r).await };
+        self.propose_or_forward(forwarded, message, command, claim_response, forward).await
     }
 
     /// A claim with `wait_ms`: while the answer is IN_PROGRESS, park until an apply on this node
