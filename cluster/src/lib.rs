@@ -7,7 +7,9 @@
 //! - [`clock`]: the leader's ledger-time stamping (DESIGN §5).
 //! - [`proposer`]: the leader-side coalescer that packs concurrent commands into one entry.
 //! - [`node`]: starting a Raft node: config, bootstrap from the initial members.
+//! - [`bug_zoo`]: known bugs, seeded one at a time in `bug-zoo` builds to prove the suites catch them.
 
+pub mod bug_zoo;
 pub mod clock;
 pub mod codec;
 pub mod ledger;

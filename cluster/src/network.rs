@@ -7,6 +7,7 @@
 //! anything else is a `NetworkError`, retried on the next heartbeat; an error the peer's Raft
 //! returned is a `RemoteError`, never disguised as a network error.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -53,13 +54,36 @@ const PEER_BACKOFF_MS_MAX: u64 = 1000;
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
 
+/// Where this node dials each peer. Normally the address the membership holds; a node may be
+/// told other addresses for some peers (`dedupd --peer-dial`: a sidecar proxy, a NAT, or the
+/// per-link fault proxies of the test suites). Only dialling changes: the membership, and the
+/// leader address told to clients, stay as they are.
+#[derive(Clone, Debug, Default)]
+pub struct PeerDial(Arc<BTreeMap<NodeId, String>>);
+
+impl PeerDial {
+    pub fn new(overrides: BTreeMap<NodeId, String>) -> PeerDial {
+        PeerDial(Arc::new(overrides))
+    }
+
+    /// The address to dial for `node`, whose membership address is `membership_address`.
+    pub fn address<'a>(&'a self, node: NodeId, membership_address: &'a str) -> &'a str {
+        self.0.get(&node).map_or(membership_address, String::as_str)
+    }
+}
+
 /// Creates peer connections for openraft, caching one channel per address.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    dial: PeerDial,
 }
 
 impl PeerNetwork {
+    pub fn new(dial: PeerDial) -> PeerNetwork {
+        PeerNetwork { channels: Arc::default(), dial }
+    }
+
     fn channel(&self, address: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().expect("peer channel cache lock");
         if let Some(channel) = channels.get(address) {
@@ -81,7 +105,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
-        let client = self.channel(&node.addr).map(|channel| {
+        let address = self.dial.address(target, &node.addr).to_string();
+        let client = self.channel(&address).map(|channel| {
             RaftPeerClient::new(channel)
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)

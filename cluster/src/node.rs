@@ -8,16 +8,21 @@ use std::time::Duration;
 
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
+use openraft::network::RaftNetworkFactory;
 use openraft::SnapshotPolicy;
 
 use crate::clock::Clock;
 use crate::clock::LedgerClock;
+use crate::network::PeerDial;
 use crate::network::PeerNetwork;
 use crate::proposer::Proposer;
 use crate::raft_types::*;
 use crate::store;
 use crate::store::ApplyObserver;
+use crate::store::Engine;
 use crate::store::LedgerReader;
+use crate::store::LogStore;
+use crate::store::StateMachineStore;
 
 /// Raft timing for three nodes on two busy cores (research openraft-sled.md §9-§10).
 #[derive(Debug, Clone)]
@@ -61,6 +66,8 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, String>,
     pub data_dir: PathBuf,
     pub timing: RaftTiming,
+    /// Addresses to dial for some peers instead of their membership address (`--peer-dial`).
+    pub dial: PeerDial,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +91,8 @@ pub struct ClusterNode {
     pub proposer: Proposer,
     /// Raft log flushes since start (see `LogStore::flush_counter`).
     pub log_flushes: Arc<AtomicU64>,
+    /// Where this node dials its peers (also for forwarding client calls to the leader).
+    pub dial: PeerDial,
 }
 
 fn raft_config(node_id: NodeId, timing: &RaftTiming) -> Result<openraft::Config, NodeError> {
@@ -117,15 +126,48 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn ApplyObserver>>,
 ) -> Result<ClusterNode, NodeError> {
+    let raft_config = checked_raft_config(&config)?;
+    let (log_store, state_machine) = store::open(&config.data_dir, observer)
+        .map_err(|source| NodeError::Storage { dir: config.data_dir.clone(), source })?;
+    let network = PeerNetwork::new(config.dial.clone());
+    start_on(config, raft_config, clock, network, log_store, state_machine).await
+}
+
+/// [`start`] with an injected peer network and storage engine (the deterministic simulation,
+/// `tests/sim`): the same Raft configuration, stores, bootstrap and proposer. Snapshot files
+/// go to `<data_dir>/snapshot`; `engine` holds the log and the ledger.
+pub async fn start_with<N: RaftNetworkFactory<TypeConfig>>(
+    config: NodeConfig,
+    clock: Arc<dyn Clock>,
+    observer: Option<Arc<dyn ApplyObserver>>,
+    network: N,
+    engine: Arc<dyn Engine>,
+) -> Result<ClusterNode, NodeError> {
+    let raft_config = checked_raft_config(&config)?;
+    let snapshot_dir = config.data_dir.join("snapshot");
+    let (log_store, state_machine) = store::open_with_engine(engine, &snapshot_dir, observer)
+        .map_err(|source| NodeError::Storage { dir: snapshot_dir.clone(), source })?;
+    start_on(config, raft_config, clock, network, log_store, state_machine).await
+}
+
+fn checked_raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, NodeError> {
     if !config.peers.contains_key(&config.node_id) {
         return Err(NodeError::NotAMember(config.node_id, config.peers.keys().copied().collect()));
     }
-    let raft_config = Arc::new(raft_config(config.node_id, &config.timing)?);
-    let (log_store, state_machine) = store::open(&config.data_dir, observer)
-        .map_err(|source| NodeError::Storage { dir: config.data_dir.clone(), source })?;
+    Ok(Arc::new(raft_config(config.node_id, &config.timing)?))
+}
+
+async fn start_on<N: RaftNetworkFactory<TypeConfig>>(
+    config: NodeConfig,
+    raft_config: Arc<openraft::Config>,
+    clock: Arc<dyn Clock>,
+    network: N,
+    log_store: LogStore,
+    state_machine: StateMachineStore,
+) -> Result<ClusterNode, NodeError> {
     let reader = state_machine.reader();
     let log_flushes = log_store.flush_counter();
-    let raft = Raft::new(config.node_id, raft_config, PeerNetwork::default(), log_store, state_machine)
+    let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
@@ -152,5 +194,5 @@ pub async fn start(
         reader.clone(),
         Duration::from_millis(config.timing.commit_timeout_ms),
     );
-    Ok(ClusterNode { node_id: config.node_id, raft, reader, proposer, log_flushes })
+    Ok(ClusterNode { node_id: config.node_id, raft, reader, proposer, log_flushes, dial: config.dial })
 }

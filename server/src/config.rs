@@ -25,6 +25,12 @@ pub struct Config {
     #[arg(long, env = "DEDUP_PEERS", value_parser = parse_peers)]
     pub peers: Peers,
 
+    /// Addresses this node dials for some peers instead of their --peers / membership address,
+    /// `ID=HOST:PORT,...` (a sidecar proxy or NAT between nodes; the fault suites put a proxy on
+    /// every link). Clients are still told the membership address. Empty: dial the membership.
+    #[arg(long, env = "DEDUP_PEER_DIAL", value_parser = parse_peer_dial, default_value = "")]
+    pub peer_dial: Peers,
+
     /// Where this node keeps its Raft log, ledger and snapshots.
     #[arg(long, env = "DEDUP_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -59,6 +65,14 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peers(pub BTreeMap<u64, String>);
 
+/// Like [`parse_peers`], but empty is allowed (no overrides).
+pub fn parse_peer_dial(text: &str) -> Result<Peers, String> {
+    if text.trim().is_empty() {
+        return Ok(Peers(BTreeMap::new()));
+    }
+    parse_peers(text)
+}
+
 pub fn parse_peers(text: &str) -> Result<Peers, String> {
     let mut peers = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -89,6 +103,9 @@ impl Config {
                 self.node_id,
                 self.peers.0.keys().collect::<Vec<_>>()
             ));
+        }
+        if let Some(id) = self.peer_dial.0.keys().find(|id| !self.peers.0.contains_key(id)) {
+            return Err(format!("--peer-dial names node {id}, which is not in --peers"));
         }
         if self.election_timeout_ms < 3 * self.heartbeat_ms {
             return Err(format!(
@@ -122,5 +139,17 @@ mod tests {
             Config::try_parse_from(["dedupd", "--node-id", "4", "--peers", "1=127.0.0.1:7101", "--data-dir", "/tmp/x"])
                 .unwrap();
         assert!(config.validate().unwrap_err().contains("not in --peers"));
+    }
+
+    #[test]
+    fn peer_dial_is_optional_and_must_name_peers() {
+        let base = ["dedupd", "--node-id", "1", "--peers", "1=127.0.0.1:7101,2=127.0.0.1:7102", "--data-dir", "/x"];
+        let config = Config::try_parse_from(base).unwrap();
+        assert!(config.peer_dial.0.is_empty());
+        let config = Config::try_parse_from(base.iter().copied().chain(["--peer-dial", "2=127.0.0.1:9000"])).unwrap();
+        assert_eq!(config.peer_dial.0[&2], "127.0.0.1:9000");
+        config.validate().unwrap();
+        let config = Config::try_parse_from(base.iter().copied().chain(["--peer-dial", "5=127.0.0.1:9000"])).unwrap();
+        assert!(config.validate().unwrap_err().contains("--peer-dial names node 5"));
     }
 }

@@ -150,15 +150,18 @@ impl LedgerService {
     {
         match self.propose(command).await {
             Ok(applied) => Ok(Response::new(to_response(applied)?)),
-            Err(ServiceError::NotLeader { leader_address: Some(address), .. }) if !forwarded => {
-                self.forward(&address, message, forward).await
+            Err(ServiceError::NotLeader { leader_id, leader_address: Some(address), .. }) if !forwarded => {
+                self.forward(leader_id, &address, message, forward).await
             }
             Err(error) => Err(error.into()),
         }
     }
 
+    /// Sends `message` to the leader `leader_id` at its membership `address` (or where
+    /// `--peer-dial` says to dial it), marked forwarded.
     async fn forward<Req, Resp, Call, Fut>(
         &self,
+        leader_id: Option<u64>,
         address: &str,
         message: Req,
         call: Call,
@@ -167,6 +170,10 @@ impl LedgerService {
         Call: FnOnce(LedgerClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
+        let address = match leader_id {
+            Some(leader) => self.node.dial.address(leader, address),
+            None => address,
+        };
         let client = self
             .leaders
             .client(address)
@@ -387,8 +394,9 @@ impl pb::ledger_server::Ledger for LedgerService {
                     .collect();
                 Ok(Response::new(pb::CheckAndClaimBatchResponse { items, applied_index }))
             }
-            Err(ServiceError::NotLeader { leader_address: Some(address), .. }) if !forwarded => {
-                self.forward(&address, message, |mut c, r| async move { c.check_and_claim_batch(r).await }).await
+            Err(ServiceError::NotLeader { leader_id, leader_address: Some(address), .. }) if !forwarded => {
+                self.forward(leader_id, &address, message, |mut c, r| async move { c.check_and_claim_batch(r).await })
+                    .await
             }
             Err(error) => Err(error.into()),
         }
@@ -414,8 +422,8 @@ impl pb::ledger_server::Ledger for LedgerService {
                     .collect();
                 Ok(Response::new(pb::CompleteBatchResponse { items, applied_index }))
             }
-            Err(ServiceError::NotLeader { leader_address: Some(address), .. }) if !forwarded => {
-                self.forward(&address, message, |mut c, r| async move { c.complete_batch(r).await }).await
+            Err(ServiceError::NotLeader { leader_id, leader_address: Some(address), .. }) if !forwarded => {
+                self.forward(leader_id, &address, message, |mut c, r| async move { c.complete_batch(r).await }).await
             }
             Err(error) => Err(error.into()),
         }
@@ -466,7 +474,7 @@ impl pb::ledger_server::Ledger for LedgerService {
                 let leader_address = to.leader_node.map(|node| node.addr);
                 match leader_address {
                     Some(address) if !forwarded => {
-                        self.forward(&address, message, |mut c, r| async move { c.get(r).await }).await
+                        self.forward(to.leader_id, &address, message, |mut c, r| async move { c.get(r).await }).await
                     }
                     leader_address => {
                         Err(ServiceError::NotLeader { this_node, leader_id: to.leader_id, leader_address }.into())

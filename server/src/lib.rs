@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dedup_cluster::clock::SystemClock;
 use dedup_cluster::ledger::limits::GRPC_MESSAGE_BYTES_MAX;
+use dedup_cluster::network::PeerDial;
 use dedup_cluster::network::RaftPeerService;
 use dedup_cluster::node::NodeConfig;
 use dedup_cluster::node::RaftTiming;
@@ -51,6 +52,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
                 commit_timeout_ms: config.commit_timeout_ms,
                 snapshot_logs_since_last: config.snapshot_logs,
             },
+            dial: PeerDial::new(config.peer_dial.0.clone()),
         },
         Arc::new(SystemClock::default()),
         Some(Arc::new(observer)),

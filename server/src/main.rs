@@ -10,6 +10,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    dedup_cluster::bug_zoo::select_from_env().map_err(anyhow::Error::msg)?;
     dedup_server::run(config, shutdown_signal()).await
 }
 

@@ -37,6 +37,27 @@ fn free_ports(count: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
+pub mod proxy;
+pub mod workload;
+
+use proxy::LinkProxies;
+use proxy::LinkProxy;
+
+/// How a test cluster is started.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Extra `dedupd` flags every node starts with.
+    pub args: Vec<String>,
+    /// Put a [`LinkProxy`] on every ordered pair of nodes, so links can be cut.
+    pub proxies: bool,
+    /// Extra environment of every `dedupd` (e.g. `DEDUP_BUG_ZOO` in a bug-zoo build).
+    pub env: Vec<(String, String)>,
+    /// Nodes that keep their data in a given folder (e.g. a size-limited mount) instead of one
+    /// under the cluster's temporary root. Each folder must exist; it is emptied before each
+    /// start attempt, never removed. Its log file is still `<folder>.log`, next to it.
+    pub data_dirs: BTreeMap<u64, PathBuf>,
+}
+
 pub struct Node {
     pub id: u64,
     pub address: String,
@@ -48,8 +69,9 @@ pub struct Node {
 pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     peers: String,
-    /// Extra `dedupd` flags every node starts with.
-    extra_args: Vec<String>,
+    options: ClusterOptions,
+    /// The per-link proxies, when started with [`ClusterOptions::proxies`].
+    pub links: Option<LinkProxies>,
     _root: tempfile::TempDir,
 }
 
@@ -64,9 +86,35 @@ impl Cluster {
     /// Ports are picked free and released before `dedupd` binds them, so a test running in
     /// parallel can take one first; a node that exits at start is retried on fresh ports.
     pub async fn start_with(args: &[&str]) -> Cluster {
+        Cluster::start_with_data_dirs(args, &BTreeMap::new()).await
+    }
+
+    /// Like [`Cluster::start_with`], but node `id` of `data_dirs` keeps its data in the given
+    /// folder (e.g. a size-limited mount) instead of one under the cluster's temporary root. The
+    /// folder must exist; it is emptied before each start attempt, never removed. Its log file is
+    /// still `<folder>.log`, next to it (outside a mount at `<folder>`).
+    pub async fn start_with_data_dirs(args: &[&str], data_dirs: &BTreeMap<u64, PathBuf>) -> Cluster {
+        Cluster::start_options(ClusterOptions {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            data_dirs: data_dirs.clone(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Starts three nodes as `options` say and waits until one of them leads.
+    pub async fn start_options(options: ClusterOptions) -> Cluster {
         const START_ATTEMPTS: usize = 3;
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Cluster::spawn(args);
+            for dir in options.data_dirs.values() {
+                for entry in std::fs::read_dir(dir).expect("a given data folder must exist") {
+                    let path = entry.expect("data folder entry").path();
+                    let removed =
+                        if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                    removed.expect("emptying a given data folder");
+                }
+            }
+            let mut cluster = Cluster::spawn(options.clone());
             // A node that cannot bind its port exits at once.
             tokio::time::sleep(Duration::from_millis(300)).await;
             let exited: Vec<u64> = (1..=3).filter(|id| !cluster.is_running(*id)).collect();
@@ -82,7 +130,7 @@ impl Cluster {
         panic!("could not start a three-node cluster in {START_ATTEMPTS} attempts");
     }
 
-    fn spawn(args: &[&str]) -> Cluster {
+    fn spawn(options: ClusterOptions) -> Cluster {
         let root = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(3);
         let nodes: BTreeMap<u64, Node> = (1..=3u64)
@@ -90,15 +138,28 @@ impl Cluster {
                 let node = Node {
                     id,
                     address: format!("127.0.0.1:{}", ports[id as usize - 1]),
-                    data_dir: root.path().join(format!("node-{id}")),
+                    data_dir: options
+                        .data_dirs
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(|| root.path().join(format!("node-{id}"))),
                     process: None,
                 };
                 (id, node)
             })
             .collect();
         let peers = nodes.values().map(|n| format!("{}={}", n.id, n.address)).collect::<Vec<_>>().join(",");
-        let extra_args = args.iter().map(|a| a.to_string()).collect();
-        let mut cluster = Cluster { nodes, peers, extra_args, _root: root };
+        let links = options.proxies.then(|| {
+            let mut links = LinkProxies::default();
+            for from in 1..=3u64 {
+                for to in (1..=3u64).filter(|to| *to != from) {
+                    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy port");
+                    links.insert(from, to, LinkProxy::start(listener, nodes[&to].address.clone()));
+                }
+            }
+            links
+        });
+        let mut cluster = Cluster { nodes, peers, options, links, _root: root };
         for id in 1..=3 {
             cluster.start_node(id);
         }
@@ -131,6 +192,9 @@ impl Cluster {
     /// Starts (or restarts) a node with its existing data folder.
     pub fn start_node(&mut self, id: u64) {
         let peers = self.peers.clone();
+        let dial: Vec<String> =
+            self.links.as_ref().map(|links| vec!["--peer-dial".to_string(), links.dial_flag(id)]).unwrap_or_default();
+        let (args, env) = (&self.options.args, &self.options.env);
         let node = self.nodes.get_mut(&id).expect("node id");
         assert!(node.process.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new()
@@ -142,8 +206,10 @@ impl Cluster {
             .args(["--node-id", &id.to_string(), "--listen", &node.address, "--peers", &peers])
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(&self.extra_args)
+            .args(args)
+            .args(&dial)
             .env("DEDUP_LOG", "info,openraft=warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -185,6 +251,29 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `within` for node `id` to exit by itself. On exit the process is reaped (the
+    /// node can be started again) and its exit status returned; `None` if it still runs.
+    pub async fn wait_exit(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let node = self.nodes.get_mut(&id).expect("node id");
+        loop {
+            let child = node.process.as_mut().unwrap_or_else(|| panic!("node {id} is not running"));
+            if let Some(status) = child.try_wait().expect("poll dedupd") {
+                node.process = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The whole log (stdout and stderr) of a node, across its restarts.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.nodes[&id].data_dir.with_extension("log")).unwrap_or_default()
+    }
+
     /// The last lines of a node's log, for failure messages.
     pub fn log_tail(&self, id: u64) -> String {
         let text = std::fs::read_to_string(self.nodes[&id].data_dir.with_extension("log")).unwrap_or_default();
@@ -194,6 +283,43 @@ impl Cluster {
 
     pub async fn status(&self, id: u64) -> Result<NodeStatusResponse, String> {
         node_status(&self.nodes[&id].address).await
+    }
+
+    /// Nodes whose process ended by itself (not killed by the test): a crash or a fail-stop.
+    pub fn exited_by_themselves(&mut self) -> Vec<u64> {
+        self.nodes
+            .values_mut()
+            .filter_map(|node| {
+                let exited =
+                    node.process.as_mut().is_some_and(|child| child.try_wait().expect("poll dedupd").is_some());
+                exited.then_some(node.id)
+            })
+            .collect()
+    }
+
+    /// Whether node `id`'s log shows a Rust panic (an assertion stopped it).
+    pub fn panicked(&self, id: u64) -> bool {
+        std::fs::read_to_string(self.nodes[&id].data_dir.with_extension("log"))
+            .is_ok_and(|log| log.contains("panicked at"))
+    }
+
+    /// Like [`Cluster::wait_for_leader`], but gives up after `within` instead of panicking.
+    pub async fn try_wait_for_leader(&mut self, not: Option<u64>, within: Duration) -> Option<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+                if Some(id) == not || !self.is_running(id) {
+                    continue;
+                }
+                if self.status(id).await.is_ok_and(|status| status.role == "leader") {
+                    return Some(id);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until a running node other than `not` reports itself leader, and returns its id.

@@ -55,12 +55,21 @@ pub fn apply_entry<S: LedgerState>(
     );
     let now = entry_time.max(state.ledger_time());
     state.set_ledger_time(now);
-    purge_expired(state, now, super::limits::PURGE_PER_ENTRY_MAX);
+    purge_expired(state, purge_time(now), super::limits::PURGE_PER_ENTRY_MAX);
     commands
         .iter()
         .enumerate()
         .map(|(slot, command)| apply(state, LogPosition { log_index, slot: slot as u16 }, now, command))
         .collect()
+}
+
+/// The ledger time purging judges retention by: the entry's own time (a seeded bug of the zoo
+/// moves it a default retention ahead).
+pub fn purge_time(now: LedgerTime) -> LedgerTime {
+    if crate::bug_zoo::active(crate::bug_zoo::Bug::EarlyPurge) {
+        return now.plus_ms(super::limits::RETENTION_MS_DEFAULT);
+    }
+    now
 }
 
 /// Purges up to `limit` COMPLETED or AVAILABLE records whose retention ended at or before
@@ -255,7 +264,10 @@ fn decide_complete(
     let Some(record) = current else {
         return unchanged(Err(Rejection::NotClaimed { given: complete.token, record: None }));
     };
-    if complete.token != record.token {
+    let stale_accepted = crate::bug_zoo::active(crate::bug_zoo::Bug::StaleTokenComplete)
+        && complete.token < record.token
+        && matches!(record.state, RecordState::Claimed { .. });
+    if complete.token != record.token && !stale_accepted {
         return unchanged(Err(wrong_token(complete.token, record)));
     }
     match &record.state {

@@ -13,6 +13,7 @@ mod validate;
 pub use apply::apply;
 pub use apply::apply_entry;
 pub use apply::purge_expired;
+pub use apply::purge_time;
 pub use apply::LedgerState;
 pub use apply::LogPosition;
 pub use apply::MemoryLedger;

@@ -27,8 +27,18 @@ pub use state_machine::StateMachineStore;
 pub fn open(data_dir: &Path, observer: Option<Arc<dyn ApplyObserver>>) -> io::Result<(LogStore, StateMachineStore)> {
     std::fs::create_dir_all(data_dir)?;
     let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&data_dir.join("sled"))?);
+    open_with_engine(engine, &data_dir.join("snapshot"), observer)
+}
+
+/// The node's storage on any engine (the simulation's in-memory one), with snapshot files under
+/// `snapshot_dir`. Must be called inside a tokio runtime (the log store starts its flusher task).
+pub fn open_with_engine(
+    engine: Arc<dyn Engine>,
+    snapshot_dir: &Path,
+    observer: Option<Arc<dyn ApplyObserver>>,
+) -> io::Result<(LogStore, StateMachineStore)> {
     let log = LogStore::new(engine.clone());
-    let state_machine = StateMachineStore::new(engine, data_dir.join("snapshot"), observer)?;
+    let state_machine = StateMachineStore::new(engine, snapshot_dir.to_path_buf(), observer)?;
     Ok((log, state_machine))
 }
 

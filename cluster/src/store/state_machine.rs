@@ -373,7 +373,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let read = || -> io::Result<(Option<LogId>, StoredMembership)> {
-            let applied = self.read_meta::<Option<LogId>>(META_APPLIED)?.flatten();
+            let mut applied = self.read_meta::<Option<LogId>>(META_APPLIED)?.flatten();
+            if crate::bug_zoo::active(crate::bug_zoo::Bug::ApplyTwiceOnReplay) {
+                // Claims every entry still in the log unapplied, so openraft applies them again.
+                let last_purged = match self.engine.get(Space::RaftMeta, b"last_purged")? {
+                    Some(bytes) => Some(codec::decode::<LogId>(&bytes).map_err(io::Error::other)?),
+                    None => None,
+                };
+                applied = applied.min(last_purged);
+            }
             Ok((applied, self.read_meta(META_MEMBERSHIP)?.unwrap_or_default()))
         };
         read().map_err(|e| StorageIOError::read_state_machine(&e).into())
@@ -394,13 +402,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             match entry.payload {
                 EntryPayload::Blank => answers.push(EntryResults::default()),
                 EntryPayload::Normal(ledger_entry) => {
-                    let now = ledger_entry.time.max(batch.time);
-                    if let Err(error) = batch.load(&ledger_entry.commands, now) {
+                    let entry_time = if crate::bug_zoo::active(crate::bug_zoo::Bug::LocalClockApply) {
+                        LedgerTime(
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64),
+                        )
+                    } else {
+                        ledger_entry.time
+                    };
+                    let now = entry_time.max(batch.time);
+                    if let Err(error) = batch.load(&ledger_entry.commands, crate::ledger::purge_time(now)) {
                         tracing::error!(%error, "reading ledger records failed; the node stops (fail-stop)");
                         return Err(StorageIOError::apply(entry.log_id, &error).into());
                     }
-                    let results =
-                        apply_entry(&mut batch, entry.log_id.index, ledger_entry.time, &ledger_entry.commands);
+                    let results = apply_entry(&mut batch, entry.log_id.index, entry_time, &ledger_entry.commands);
                     answers.push(EntryResults { results, ledger_time: batch.time });
                 }
                 EntryPayload::Membership(config) => {

@@ -60,6 +60,7 @@
 
 mod check;
 mod history;
+pub mod summary;
 
 pub use check::check;
 pub use check::Counts;

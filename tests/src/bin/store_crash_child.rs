@@ -148,6 +148,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    if let Err(error) = dedup_cluster::bug_zoo::select_from_env() {
+        eprintln!("store-crash-child: {error}");
+        return ExitCode::from(EXIT_SETUP);
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(error) => {
@@ -199,6 +203,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         peers: BTreeMap::from([(NODE_ID, format!("127.0.0.1:{port}"))]),
         data_dir: args.data_dir.clone(),
         timing: RaftTiming { snapshot_logs_since_last: args.snapshot_logs, ..Default::default() },
+        dial: Default::default(),
     };
     let node = dedup_cluster::node::start(config, Arc::new(SystemClock::default()), None)
         .await
