@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# The project's test command (README): builds the binaries the multi-process tests spawn, then
-# runs every test of the workspace with cargo-nextest (plain `cargo test` when nextest is absent).
+# The project's test command (README): builds the binaries the multi-process tests spawn, runs
+# every test of the workspace with cargo-nextest (plain `cargo test` when nextest is absent),
+# then the bug zoo (scripts/bug-zoo.sh), and prints the one safety summary line of the run
+# (seeds, schedules per fault kind, crash cycles, bugs caught / seeded, every violation counter).
+#
+# Arguments go to the test runner (e.g. a filter); with arguments the bug zoo and the summary's
+# minimums are skipped, since a filtered run proves less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Each safety suite adds its figures here; start the run's summary afresh.
+export DEDUP_SAFETY_DIR="$PWD/target/safety"
+rm -rf "$DEDUP_SAFETY_DIR"
 
 cargo build --workspace --bins --tests
 if cargo nextest --version >/dev/null 2>&1; then
@@ -11,3 +20,12 @@ else
   echo "cargo-nextest not found; running cargo test" >&2
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+if [[ $# -gt 0 ]]; then
+  cargo run -q -p dedup-checker --bin safety-summary
+  exit 0
+fi
+scripts/bug-zoo.sh
+# Fails if any violation counter is above 0, or the run proved less than issue 3 asks.
+cargo run -q -p dedup-checker --bin safety-summary -- \
+  --min-seeds 200 --min-schedules 3 --min-crash-cycles 50 --all-bugs-caught

@@ -281,8 +281,8 @@ pub async fn read_back(cluster: &mut Cluster, history: &History) -> usize {
                 consistency: pb::Consistency::AnyReplica as i32,
             };
             let read = call(ledger(&cluster.endpoint(id)).await.get(request)).await.expect("final read");
-            let (state, token, outcome) = match read.record {
-                None => (ReadState::None, None, None),
+            let (state, token, outcome, digest) = match read.record {
+                None => (ReadState::None, None, None, None),
                 Some(record) => {
                     let state = match pb::RecordState::try_from(record.state) {
                         Ok(pb::RecordState::Claimed) => ReadState::Claimed,
@@ -290,8 +290,9 @@ pub async fn read_back(cluster: &mut Cluster, history: &History) -> usize {
                         Ok(pb::RecordState::Available) => ReadState::Available,
                         _ => panic!("unknown record state {}", record.state),
                     };
+                    let digest = record_digest(&record);
                     let outcome = record.outcome.map(|o| String::from_utf8_lossy(&o.payload).into_owned());
-                    (state, Some(record.token), outcome)
+                    (state, Some(record.token), outcome, Some(digest))
                 }
             };
             history.ok(
@@ -304,9 +305,22 @@ pub async fn read_back(cluster: &mut Cluster, history: &History) -> usize {
                     applied_index: read.applied_index,
                     is_final: true,
                     ledger_time_ms: Some(read.ledger_time_ms),
+                    digest,
                 }),
             );
         }
     }
     keys.len()
+}
+
+/// A digest of every stored field of a record (not the answering node's applied index and
+/// ledger time): replicas at one applied index must agree on it.
+fn record_digest(record: &pb::RecordView) -> String {
+    use prost::Message;
+    use std::hash::Hasher;
+    let stored = pb::RecordView { applied_index: 0, ledger_time_ms: 0, ..record.clone() };
+    // SipHash with fixed keys: the same bytes give the same digest in every run.
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(&stored.encode_to_vec());
+    format!("{:016x}", hasher.finish())
 }

@@ -302,7 +302,7 @@ fn assert_survived(run: &ScheduleRun) {
     assert!(run.takeovers >= 1, "seed {}: no claim was taken over after a lapsed lease", run.seed);
     assert!(run.fenced >= 1, "seed {}: no stale token was fenced", run.seed);
     assert!(run.report.stats.final_reads >= 3 * run.keys, "seed {}: not every key was read from every node", run.seed);
-    let mut survived = SuiteSummary::default();
+    let mut survived = SuiteSummary { schedules_run: 1, ..Default::default() };
     for fault in &run.faults {
         *survived.schedules.entry(fault.name().to_string()).or_default() += 1;
     }
@@ -353,7 +353,8 @@ mod zoo {
             env: vec![(BUG_ZOO_ENV.to_string(), bug.name().to_string())],
             ..Default::default()
         };
-        let run = run_schedule(&format!("zoo_{}", bug.name()), faults, options, seed_from_env()).await;
+        let name = format!("zoo_{}", bug.name().replace('-', "_"));
+        let run = run_schedule(&name, faults, options, seed_from_env()).await;
         // Caught: the checker flagged the history, or a node stopped on one of the ledger's own
         // assertions (a panic in its log).
         let caught = !run.report.is_valid() || run.exited.iter().any(|(_, panicked)| *panicked);

@@ -474,6 +474,9 @@ fn describe_view(read: &ReadAnswer) -> String {
     if let Some(outcome) = &read.outcome {
         text.push_str(&format!(" outcome {outcome:?}"));
     }
+    if let Some(digest) = &read.digest {
+        text.push_str(&format!(" digest {digest}"));
+    }
     text
 }
 
@@ -868,8 +871,8 @@ impl<'a> KeyChecker<'_, 'a> {
         }
     }
 
-    /// `replica_divergence`: final reads at the same applied index that disagree on state, token or
-    /// outcome. One violation per applied index.
+    /// `replica_divergence`: final reads at the same applied index that disagree on state, token,
+    /// outcome or (where every read has one) the record digest. One violation per applied index.
     fn replica_divergence(&self, report: &mut Report) {
         let mut by_index: BTreeMap<u64, Vec<(ReadAnswer, u64)>> = BTreeMap::new();
         for op in self.ops {
@@ -882,7 +885,10 @@ impl<'a> KeyChecker<'_, 'a> {
         for (index, reads) in by_index {
             let views: BTreeSet<(ReadState, Option<u64>, Option<&str>)> =
                 reads.iter().map(|(read, _)| (read.state, read.token, read.outcome.as_deref())).collect();
-            if views.len() <= 1 {
+            // Digests count only where every read carries one.
+            let digests: BTreeSet<Option<&str>> = reads.iter().map(|(read, _)| read.digest.as_deref()).collect();
+            let digests_differ = digests.len() > 1 && !digests.contains(&None);
+            if views.len() <= 1 && !digests_differ {
                 continue;
             }
             let listed: Vec<String> =

@@ -282,6 +282,7 @@ impl Answer {
             applied_index,
             is_final: false,
             ledger_time_ms: None,
+            digest: None,
         })
     }
 }
@@ -340,6 +341,11 @@ pub struct ReadAnswer {
     /// Ledger time of `applied_index`, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_time_ms: Option<u64>,
+    /// A digest of every stored field of the record (attempt, lease, times, owner, checkpoint
+    /// ...), when the reader computed one: replicas at the same applied index must agree on it
+    /// too, not only on state, token and outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// A `fail` event: the call definitely did not take effect.

@@ -32,7 +32,11 @@ pub struct SuiteSummary {
     /// Simulated seeds run.
     #[serde(default)]
     pub seeds: u64,
-    /// Real-process or container schedules survived, by fault kind (e.g. `kill-leader`).
+    /// Real-process or container fault schedules survived.
+    #[serde(default)]
+    pub schedules_run: u64,
+    /// Schedules survived by fault kind (e.g. `kill-leader`): a schedule of several faults
+    /// counts once under each of its kinds.
     #[serde(default)]
     pub schedules: BTreeMap<String, u64>,
     /// Kill-and-reopen cycles of the storage crash suite.
@@ -63,6 +67,7 @@ impl SuiteSummary {
 
     fn merge(&mut self, other: &SuiteSummary) {
         self.seeds += other.seeds;
+        self.schedules_run += other.schedules_run;
         self.crash_cycles += other.crash_cycles;
         self.bugs_seeded += other.bugs_seeded;
         self.bugs_caught += other.bugs_caught;
@@ -151,11 +156,11 @@ pub fn one_line(suites: &BTreeMap<String, SuiteSummary>) -> String {
     for rule in Rule::ALL {
         total.violations.entry(rule.name().to_string()).or_default();
     }
-    let schedules: u64 = total.schedules.values().sum();
+    let schedules = total.schedules_run;
     let per_kind: Vec<String> = total.schedules.iter().map(|(kind, n)| format!("{kind}={n}")).collect();
     let violations: Vec<String> = total.violations.iter().map(|(name, n)| format!("{name}={n}")).collect();
     format!(
-        "SAFETY seeds={} schedules={} [{}] crash_cycles={} bugs_caught={}/{} violations: {} (suites: {})",
+        "SAFETY seeds={} schedules={} by fault kind [{}] crash_cycles={} bugs_caught={}/{} violations: {} (suites: {})",
         total.seeds,
         schedules,
         per_kind.join(" "),
@@ -184,7 +189,7 @@ mod tests {
         let mut first = SuiteSummary { seeds: 3, ..Default::default() };
         first.schedules.insert("kill-leader".into(), 1);
         first.record("sim").unwrap();
-        let mut second = SuiteSummary { seeds: 2, crash_cycles: 7, ..Default::default() };
+        let mut second = SuiteSummary { seeds: 2, crash_cycles: 7, schedules_run: 1, ..Default::default() };
         second.schedules.insert("kill-leader".into(), 2);
         second.add_violations("lost_acknowledged_writes", 1);
         second.record("sim").unwrap();
@@ -195,6 +200,7 @@ mod tests {
         let line = one_line(&suites);
         assert!(line.contains("seeds=5"), "{line}");
         assert!(line.contains("kill-leader=3"), "{line}");
+        assert!(line.contains("schedules=1 "), "{line}");
         assert!(line.contains("crash_cycles=7"), "{line}");
         assert!(line.contains("double_claims=0"), "{line}");
         assert!(line.contains("lost_acknowledged_writes=1"), "{line}");

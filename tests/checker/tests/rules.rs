@@ -474,6 +474,39 @@ fn a_lagging_replica_does_not_diverge() {
     assert_valid(&h.check());
 }
 
+/// Same state, token and outcome, but a record field the digest covers (say the attempt count or
+/// the retention deadline) differs: an entry applied twice on one replica looks like this.
+fn final_read_with_digest(h: &History, node: u64, digest: Option<&str>) {
+    let op = h.invoke(100 + node, Call::final_read());
+    let mut answer = Answer::read(node, ReadState::Completed, Some(10), Some("c1:o"), 50);
+    if let Answer::Read(read) = &mut answer {
+        read.digest = digest.map(str::to_owned);
+    }
+    h.writer.ok(op, answer);
+}
+
+#[test]
+fn replicas_with_different_record_digests_at_one_index_diverge() {
+    let h = History::new();
+    h.claimed(1, 10, 1_000, 2_000);
+    h.complete_info(1, 10, "c1:o");
+    final_read_with_digest(&h, 1, Some("a1"));
+    final_read_with_digest(&h, 2, Some("b2"));
+    final_read_with_digest(&h, 3, Some("a1"));
+    assert_only(&h.check(), Rule::ReplicaDivergence, 1);
+}
+
+#[test]
+fn equal_digests_or_a_read_without_one_do_not_diverge() {
+    let h = History::new();
+    h.claimed(1, 10, 1_000, 2_000);
+    h.complete_info(1, 10, "c1:o");
+    final_read_with_digest(&h, 1, Some("a1"));
+    final_read_with_digest(&h, 2, None);
+    final_read_with_digest(&h, 3, Some("a1"));
+    assert_valid(&h.check());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Malformed histories
 

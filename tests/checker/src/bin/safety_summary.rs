@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         failures.push(format!("{violations} violations"));
     }
     let seeds: u64 = suites.values().map(|s| s.seeds).sum();
-    let schedules: u64 = suites.values().flat_map(|s| s.schedules.values()).sum();
+    let schedules: u64 = suites.values().map(|s| s.schedules_run).sum();
     let cycles: u64 = suites.values().map(|s| s.crash_cycles).sum();
     let (seeded, caught): (u64, u64) =
         suites.values().fold((0, 0), |(s, c), suite| (s + suite.bugs_seeded, c + suite.bugs_caught));
