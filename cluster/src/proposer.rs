@@ -33,6 +33,13 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 /// Commands waiting for an entry. A full queue answers `Overloaded` at once.
 pub const PROPOSAL_QUEUE_MAX: usize = 16 * ENTRY_COMMANDS_MAX;
 
+/// How often the leader checks whether expired records wait for a purge. Purging rides on
+/// every entry; on an idle ledger nothing else would remove them.
+pub const PURGE_TICK: Duration = Duration::from_secs(1);
+/// Purge-only entries proposed per tick at most, each purging up to `PURGE_PER_ENTRY_MAX`
+/// records: an idle leader removes up to 16 x 64 = 1 024 expired records a second.
+pub const PURGE_ENTRIES_PER_TICK: usize = 16;
+
 /// A command that was committed and applied.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -88,8 +95,10 @@ impl Proposer {
     pub fn start(raft: Raft, clock: Arc<LedgerClock>, reader: LedgerReader, commit_timeout: Duration) -> Proposer {
         let (queue, pending) = mpsc::channel(PROPOSAL_QUEUE_MAX);
         let stats = Arc::new(ProposerStats::default());
-        tokio::spawn(run(raft, clock, reader, commit_timeout, pending, stats.clone()));
-        Proposer { queue, stats }
+        tokio::spawn(run(raft.clone(), clock.clone(), reader.clone(), commit_timeout, pending, stats.clone()));
+        let proposer = Proposer { queue, stats };
+        tokio::spawn(purge_ticker(raft, clock, reader, proposer.queue.downgrade()));
+        proposer
     }
 
     pub fn stats(&self) -> &ProposerStats {
@@ -116,6 +125,40 @@ impl Proposer {
             mpsc::error::TrySendError::Closed(_) => ProposeError::Stopped("the proposer stopped".to_string()),
         })?;
         answer.await.unwrap_or_else(|_| Err(ProposeError::Stopped("the proposer dropped the command".to_string())))
+    }
+}
+
+/// On the leader, proposes entries without commands (each purges what expired, DESIGN §7)
+/// while the purge index shows a retention deadline at or before the ledger time. Ends when the
+/// proposer is dropped.
+async fn purge_ticker(raft: Raft, clock: Arc<LedgerClock>, reader: LedgerReader, queue: mpsc::WeakSender<Proposal>) {
+    let mut tick = tokio::time::interval(PURGE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for _ in 0..PURGE_ENTRIES_PER_TICK {
+            let (term, is_leader) = {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow();
+                (metrics.current_term, metrics.state == ServerState::Leader)
+            };
+            if !is_leader {
+                break;
+            }
+            let Ok(Some(deadline)) = reader.earliest_retention_deadline() else { break };
+            if deadline > clock.stamp(term, reader.applied().ledger_time) {
+                break;
+            }
+            let Some(queue) = queue.upgrade() else { return };
+            let (reply, answer) = oneshot::channel();
+            if queue.try_send(Proposal { commands: Vec::new(), encoded_bytes: 0, reply }).is_err() {
+                break; // busy: the queued writes purge as they apply
+            }
+            drop(queue);
+            if !matches!(answer.await, Ok(Ok(_))) {
+                break;
+            }
+        }
     }
 }
 

@@ -91,3 +91,37 @@ async fn completed_records_are_purged_after_their_retention_on_every_node() {
         other => panic!("a purged key must be claimable afresh, got {other:?}"),
     }
 }
+
+/// With no writes at all, the leader proposes purge-only entries once a retention ends, so an
+/// idle ledger does not keep expired records (and their disk space) forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_ledger_purges_expired_records_by_itself() {
+    let mut cluster = Cluster::start().await;
+    let leader = cluster.wait_for_leader(None).await;
+    let leader_ep = cluster.endpoint(leader);
+    let (_, until) = complete(&leader_ep, "idle-short", 1_000).await;
+    complete(&leader_ep, "idle-long", 0).await;
+    let written = cluster.status(leader).await.unwrap().applied_index;
+
+    // Nobody writes; within a few purge ticks after the retention ended, every node dropped it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for id in 1..=3 {
+        loop {
+            let read = get(&cluster.endpoint(id), "idle-short").await;
+            if read.record.is_none() {
+                assert!(read.purge_horizon_ms >= until, "node {id}: horizon {} < {until}", read.purge_horizon_ms);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {id} still holds an expired record on an idle ledger");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(get(&cluster.endpoint(id), "idle-long").await.record.is_some(), "node {id} purged a record early");
+    }
+    let after = cluster.status(leader).await.unwrap().applied_index;
+    assert!(after > written, "the purge came from a purge-only entry ({written} -> {after})");
+    // Once nothing is due, the leader stops proposing.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let idle = cluster.status(leader).await.unwrap().applied_index;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(cluster.status(leader).await.unwrap().applied_index, idle, "purge-only entries with nothing to purge");
+}

@@ -140,6 +140,21 @@ impl LedgerReader {
         *self.applied.borrow()
     }
 
+    /// The earliest retention deadline in the purge index, if any record waits to be purged.
+    /// A hint for proposing purge-only entries: the state machine decides what is purged.
+    pub fn earliest_retention_deadline(&self) -> io::Result<Option<LedgerTime>> {
+        let first = self.engine.scan(
+            Space::Ledger,
+            Bound::Included(vec![EXPIRY_PREFIX]),
+            Bound::Excluded(vec![EXPIRY_PREFIX + 1]),
+            1,
+        )?;
+        match first.first() {
+            Some((index_key, _)) => Ok(Some(parse_expiry_index_key(index_key)?.0)),
+            None => Ok(None),
+        }
+    }
+
     /// Follows the applied index (for waiting until a read index is applied).
     pub fn watch_applied(&self) -> watch::Receiver<AppliedState> {
         self.applied.clone()
