@@ -180,7 +180,7 @@ impl LedgerReader {
 
 pub struct StateMachineStore {
     engine: Arc<dyn Engine>,
-    snapshot_dir: PathBuf,
+    snapshot_file: SnapshotFile,
     applied: watch::Sender<AppliedState>,
     snapshots_built: u64,
     observer: Option<Arc<dyn ApplyObserver>>,
@@ -193,8 +193,17 @@ impl StateMachineStore {
         observer: Option<Arc<dyn ApplyObserver>>,
     ) -> io::Result<StateMachineStore> {
         std::fs::create_dir_all(&snapshot_dir)?;
+        // Temporary files of writes a crash interrupted were never the snapshot: remove them.
+        for entry in std::fs::read_dir(&snapshot_dir)? {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name.starts_with("current.tmp") {
+                std::fs::remove_file(&path)?;
+            }
+        }
         let (applied, _) = watch::channel(AppliedState::default());
-        let store = StateMachineStore { engine, snapshot_dir, applied, snapshots_built: 0, observer };
+        let snapshot_file = SnapshotFile::new(snapshot_dir.join(SNAPSHOT_FILE));
+        let store = StateMachineStore { engine, snapshot_file, applied, snapshots_built: 0, observer };
         let initial = store.read_applied_state()?;
         store.applied.send_replace(initial);
         Ok(store)
@@ -217,8 +226,41 @@ impl StateMachineStore {
         Ok(AppliedState { log_index: applied.map_or(0, |id| id.index), ledger_time })
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.snapshot_dir.join(SNAPSHOT_FILE)
+    fn snapshot_path(&self) -> &Path {
+        &self.snapshot_file.path
+    }
+}
+
+/// The snapshot file, and the last log id of what it holds. openraft 0.9 builds snapshots in a
+/// task of their own, so a build may finish while a newer snapshot from the leader is being
+/// installed: every write of the file goes through [`SnapshotFile::replace_if_newer`], one at a
+/// time, and a build that finishes late never replaces a newer file. (Before, both wrote the
+/// same temporary file: one rename failed and stopped the node, or a file held one snapshot's
+/// meta with the other's body; found by the simulation, `tests/sim`.)
+#[derive(Clone)]
+struct SnapshotFile {
+    path: PathBuf,
+    /// `None` until this process writes the file: what an earlier process left is never newer
+    /// than what this one applies (the file is written only after the state it holds is
+    /// durable), so any write of this process may replace it.
+    current: Arc<std::sync::Mutex<Option<LogId>>>,
+}
+
+impl SnapshotFile {
+    fn new(path: PathBuf) -> SnapshotFile {
+        SnapshotFile { path, current: Arc::default() }
+    }
+
+    /// Writes `bytes` (the snapshot up to `last_log_id`) unless the file already holds a newer
+    /// one. Returns whether it wrote. Blocking.
+    fn replace_if_newer(&self, last_log_id: Option<LogId>, bytes: &[u8]) -> io::Result<bool> {
+        let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.is_some() && *current > last_log_id {
+            return Ok(false);
+        }
+        write_file_durably(&self.path, bytes)?;
+        *current = last_log_id;
+        Ok(true)
     }
 }
 
@@ -476,7 +518,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })();
         SnapshotBuilder {
             engine: self.engine.clone(),
-            snapshot_dir: self.snapshot_dir.clone(),
+            snapshot_file: self.snapshot_file.clone(),
             sequence: self.snapshots_built,
             dump: dump.and_then(|pairs| meta.map(|(applied, membership)| (pairs, applied, membership))),
         }
@@ -493,6 +535,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let signature = Some(meta.signature());
         let body_bytes = snapshot.into_inner();
+        let body_bytes_len = body_bytes.len();
         let body: SnapshotBody =
             codec::decode(&body_bytes).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         let install = || -> io::Result<AppliedState> {
@@ -509,10 +552,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             self.engine.write(Space::Ledger, write.into_iter().collect())?;
             self.engine.flush()?;
-            write_file_durably(&self.snapshot_path(), &codec::encode(&(meta, &body_bytes)).map_err(io::Error::other)?)?;
+            self.snapshot_file
+                .replace_if_newer(meta.last_log_id, &codec::encode(&(meta, &body_bytes)).map_err(io::Error::other)?)?;
             self.read_applied_state()
         };
         let applied = install().map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        tracing::info!(
+            index = applied.log_index,
+            bytes = body_bytes_len,
+            "installed a snapshot from the leader; the ledger was replaced"
+        );
         if let Some(observer) = &self.observer {
             observer.ledger_replaced();
         }
@@ -522,7 +571,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let path = self.snapshot_path();
-        let bytes = match std::fs::read(&path) {
+        let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(StorageIOError::read_snapshot(None, &error).into()),
@@ -547,7 +596,7 @@ type Dump = io::Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<LogId>, StoredMembership
 
 pub struct SnapshotBuilder {
     engine: Arc<dyn Engine>,
-    snapshot_dir: PathBuf,
+    snapshot_file: SnapshotFile,
     sequence: u64,
     dump: Dump,
 }
@@ -562,14 +611,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
         let engine = self.engine.clone();
-        let path = self.snapshot_dir.join(SNAPSHOT_FILE);
+        let snapshot_file = self.snapshot_file.clone();
         let write_meta = meta.clone();
         let body_bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
             // The state machine must be durable up to the snapshot point before openraft may
             // purge the logs the snapshot replaces.
             engine.flush()?;
             let body_bytes = codec::encode(&SnapshotBody { pairs }).map_err(io::Error::other)?;
-            write_file_durably(&path, &codec::encode(&(&write_meta, &body_bytes)).map_err(io::Error::other)?)?;
+            let file_bytes = codec::encode(&(&write_meta, &body_bytes)).map_err(io::Error::other)?;
+            if !snapshot_file.replace_if_newer(write_meta.last_log_id, &file_bytes)? {
+                tracing::info!(snapshot = ?write_meta.last_log_id, "a newer snapshot was installed meanwhile; kept it");
+            }
             Ok(body_bytes)
         })
         .await
@@ -583,7 +635,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// Writes `bytes` to `path` so that after a crash the file is either the old one or the new one.
 fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("snapshot path has no directory"))?;
-    let temporary = path.with_extension("tmp");
+    // A name of its own: a process that has not quite ended (or a test harness's previous
+    // instance of this node) may still be writing one.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = path.with_extension(format!("tmp.{}.{write}", std::process::id()));
     {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
@@ -591,4 +647,58 @@ fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     std::fs::rename(&temporary, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod snapshot_file_tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn log_id(index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    #[test]
+    fn a_late_build_never_replaces_a_newer_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SnapshotFile::new(dir.path().join(SNAPSHOT_FILE));
+        assert!(file.replace_if_newer(log_id(10), b"built at 10").unwrap());
+        // An install of 282 lands while a build of 140 is still running...
+        assert!(file.clone().replace_if_newer(log_id(282), b"installed 282").unwrap());
+        // ...and the build finishing later keeps its hands off the file.
+        assert!(!file.replace_if_newer(log_id(140), b"built at 140").unwrap());
+        assert_eq!(std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap(), b"installed 282");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn concurrent_writers_each_leave_a_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SnapshotFile::new(dir.path().join(SNAPSHOT_FILE));
+        let writers: Vec<_> = (1..=8u64)
+            .map(|index| {
+                let file = file.clone();
+                std::thread::spawn(move || file.replace_if_newer(log_id(index), &vec![index as u8; 64 * 1024]).unwrap())
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let bytes = std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        assert_eq!(bytes.len(), 64 * 1024);
+        assert!(bytes.iter().all(|b| *b == 8), "the newest snapshot, whole");
+    }
+
+    #[test]
+    fn interrupted_temporary_files_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot_dir = dir.path().join("snapshot");
+        std::fs::create_dir_all(&snapshot_dir).unwrap();
+        std::fs::write(snapshot_dir.join("current.tmp.123.0"), b"torn").unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(super::super::SledEngine::open(&dir.path().join("sled")).unwrap());
+        let _store = StateMachineStore::new(engine, snapshot_dir.clone(), None).unwrap();
+        assert_eq!(std::fs::read_dir(&snapshot_dir).unwrap().count(), 0);
+    }
 }
