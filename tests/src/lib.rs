@@ -297,6 +297,12 @@ impl Cluster {
             .collect()
     }
 
+    /// How many lines of node `id`'s log (over all its runs) contain `text`.
+    pub fn log_count(&self, id: u64, text: &str) -> usize {
+        std::fs::read_to_string(self.nodes[&id].data_dir.with_extension("log"))
+            .map_or(0, |log| log.lines().filter(|line| line.contains(text)).count())
+    }
+
     /// Whether node `id`'s log shows a Rust panic (an assertion stopped it).
     pub fn panicked(&self, id: u64) -> bool {
         std::fs::read_to_string(self.nodes[&id].data_dir.with_extension("log"))

@@ -5,6 +5,7 @@
 use std::io;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::OnceLock;
 
 /// Independent key spaces. Writes are atomic within one space; a flush covers all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +54,28 @@ pub struct SledEngine {
     ledger: sled::Tree,
 }
 
+/// The first error any sled engine of this process returned (`dedupd` has one engine).
+///
+/// Fail-stop reports it: when an apply fails, openraft's core may quit on a consequence instead
+/// ("when Write Apply(...): channel closed", the state-machine worker having ended), and the
+/// operator would not learn that the disk was full (found by `tests/tests/store_full.rs`).
+static FIRST_ERROR: OnceLock<String> = OnceLock::new();
+
 fn to_io(error: sled::Error) -> io::Error {
-    match error {
+    let error = match error {
         sled::Error::Io(error) => error,
         other => io::Error::other(other.to_string()),
-    }
+    };
+    let _ = FIRST_ERROR.set(error.to_string());
+    error
 }
 
 impl SledEngine {
+    /// The first error a sled engine of this process returned, if any (see `FIRST_ERROR`).
+    pub fn first_error() -> Option<String> {
+        FIRST_ERROR.get().cloned()
+    }
+
     /// Opens (or creates) the one sled database of this process under `dir`.
     pub fn open(dir: &Path) -> io::Result<SledEngine> {
         discard_torn_writes(dir)?;
