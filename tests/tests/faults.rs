@@ -39,6 +39,8 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand::SeedableRng;
 
+/// Entries between snapshots in the schedules (the log keeps as many behind a snapshot).
+const SNAPSHOT_LOGS: u64 = 16;
 /// How long the nemesis waits for a leader before it declares the cluster broken.
 const LEADER_WAIT: Duration = Duration::from_secs(20);
 /// A pause or a partition lasts past every lease, so claims are taken over meanwhile.
@@ -110,6 +112,10 @@ struct ScheduleRun {
     exited: Vec<(u64, bool)>,
     /// Why the schedule could not finish (no leader after a fault), if it could not.
     broken: Option<String>,
+    /// Index of each running node's last Raft snapshot at the end.
+    snapshots: Vec<u64>,
+    /// Snapshots nodes installed from a leader (they fell behind the truncated log).
+    snapshot_installs: usize,
     faults: Vec<Fault>,
     logs: String,
 }
@@ -252,6 +258,14 @@ async fn run_schedule(name: &str, faults: &[Fault], options: ClusterOptions, see
         links.heal();
     }
     let keys = if broken.is_none() { workload::read_back(&mut cluster, &history).await } else { 0 };
+    let snapshot_installs: usize =
+        (1..=3).map(|id| cluster.log_count(id, "installed a snapshot from the leader")).sum();
+    let mut snapshots = Vec::new();
+    for id in 1..=3 {
+        if cluster.is_running(id) {
+            snapshots.push(cluster.status(id).await.map_or(0, |s| s.snapshot_index));
+        }
+    }
     let history_path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{name}-{seed}.jsonl"));
     std::fs::write(&history_path, history.json_lines()).expect("keep the history");
     let report = check(&history.events().expect("history parses"));
@@ -264,12 +278,14 @@ async fn run_schedule(name: &str, faults: &[Fault], options: ClusterOptions, see
         fenced: counters.fenced.load(Ordering::Relaxed),
         exited,
         broken,
+        snapshots,
+        snapshot_installs,
         faults: faults.to_vec(),
         logs: cluster.all_logs(),
     };
     eprintln!(
         "schedule {name} seed {seed}: faults [{}]; {} keys; leader changes {}; takeovers {}; FENCED {}; late completes {}; \
-         acknowledged completes {}; broken: {:?}\n{}\nhistory: {}",
+         acknowledged completes {}; snapshots at {:?}, {} installed; broken: {:?}\n{}\nhistory: {}",
         faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "),
         run.keys,
         run.leader_changes,
@@ -277,6 +293,8 @@ async fn run_schedule(name: &str, faults: &[Fault], options: ClusterOptions, see
         run.fenced,
         counters.late_completes.load(Ordering::Relaxed),
         counters.acknowledged_completes.load(Ordering::Relaxed),
+        run.snapshots,
+        run.snapshot_installs,
         run.broken,
         run.report.summary(),
         history_path.display()
@@ -301,6 +319,12 @@ fn assert_survived(run: &ScheduleRun) {
     );
     assert!(run.takeovers >= 1, "seed {}: no claim was taken over after a lapsed lease", run.seed);
     assert!(run.fenced >= 1, "seed {}: no stale token was fenced", run.seed);
+    assert!(
+        run.snapshots.iter().all(|index| *index > 0),
+        "seed {}: a node never snapshotted: {:?}",
+        run.seed,
+        run.snapshots
+    );
     assert!(run.report.stats.final_reads >= 3 * run.keys, "seed {}: not every key was read from every node", run.seed);
     let mut survived = SuiteSummary { schedules_run: 1, ..Default::default() };
     for fault in &run.faults {
@@ -309,8 +333,15 @@ fn assert_survived(run: &ScheduleRun) {
     survived.record("cluster-proc").expect("record the safety summary");
 }
 
+/// Link proxies, and a Raft snapshot every `SNAPSHOT_LOGS` entries: snapshots are built and the
+/// log is truncated all through a schedule, so a node that was down or cut off often catches up
+/// by installing a snapshot rather than from the log.
 fn with_proxies() -> ClusterOptions {
-    ClusterOptions { proxies: true, ..Default::default() }
+    ClusterOptions {
+        proxies: true,
+        args: vec!["--snapshot-logs".into(), SNAPSHOT_LOGS.to_string()],
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,11 +379,7 @@ mod zoo {
     use super::*;
 
     async fn zoo(bug: Bug, faults: &[Fault]) {
-        let options = ClusterOptions {
-            proxies: true,
-            env: vec![(BUG_ZOO_ENV.to_string(), bug.name().to_string())],
-            ..Default::default()
-        };
+        let options = ClusterOptions { env: vec![(BUG_ZOO_ENV.to_string(), bug.name().to_string())], ..with_proxies() };
         let name = format!("zoo_{}", bug.name().replace('-', "_"));
         let run = run_schedule(&name, faults, options, seed_from_env()).await;
         // Caught: the checker flagged the history, or a node stopped on one of the ledger's own
