@@ -26,7 +26,7 @@ until_sim=$(( started + total * 40 / 100 ))
 while [[ -f tests/sim/Cargo.toml && $(date +%s) -lt $until_sim ]]; do
   chunk=$(( until_sim - $(date +%s) ))
   (( chunk > 240 )) && chunk=240
-  DEDUP_SIM_SECONDS=$chunk DEDUP_SIM_MIN_SEEDS=0 \
+  DEDUP_SIM_SECONDS=$chunk DEDUP_SIM_MIN_SEEDS=0 DEDUP_SIM_THREADS=2 \
     cargo nextest run -p dedup-sim --no-fail-fast --no-capture -E 'binary(sim_safety)' || status=1
 done
 # 20 %: the storage crash suite, repeated.

@@ -392,7 +392,9 @@ pub async fn node_status(address: &str) -> Result<NodeStatusResponse, String> {
 pub async fn ledger(address: &str) -> dedup_proto::v1::ledger_client::LedgerClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("endpoint")
-        .connect_timeout(Duration::from_millis(500))
+        // Loopback connects are quick, but a burst of hundreds of them on a loaded two-core
+        // machine can overflow the accept backlog and wait for a SYN retransmit (1 s).
+        .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(10))
         .connect_lazy();
     dedup_proto::v1::ledger_client::LedgerClient::new(channel)

@@ -4,7 +4,8 @@
 //! - `DEDUP_SIM_SECONDS` (default 150): real seconds of fresh seeds after the pinned ones.
 //! - `DEDUP_SIM_MIN_SEEDS` (default 200): run at least this many seeds, whatever the time.
 //! - `DEDUP_SIM_SEED=N`: replay seed N only.
-//! - `DEDUP_SIM_THREADS` (default 2): seeds run in parallel, each on its own thread.
+//! - `DEDUP_SIM_THREADS` (default 1): seeds run in parallel, each on its own thread. One by
+//!   default, so that the real-process suites running beside it keep a core.
 //!
 //! `cargo nextest run -p dedup-sim --test sim_safety --no-capture`
 
@@ -140,7 +141,7 @@ fn sim_seeds() {
 
     let time_box = Duration::from_secs(env_u64("DEDUP_SIM_SECONDS").unwrap_or(150));
     let min_seeds = env_u64("DEDUP_SIM_MIN_SEEDS").unwrap_or(200);
-    let threads = env_u64("DEDUP_SIM_THREADS").unwrap_or(2).max(1);
+    let threads = env_u64("DEDUP_SIM_THREADS").unwrap_or(1).max(1);
     let pinned = regression_seeds();
     let base = fresh_seed_base();
     eprintln!(
