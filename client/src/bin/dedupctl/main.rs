@@ -1,6 +1,8 @@
 //! `dedupctl`: the command line of dedup-ledger. Key verbs (claim, complete, release, extend,
 //! get) and cluster status, as tables for people or `--output json` for scripts.
 
+mod bench;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -166,6 +168,11 @@ enum Command {
     /// index, applied index, lag behind the leader, or the error of an unreachable node. Exits
     /// non-zero only when no node answered.
     Status,
+    /// Load generator against a running cluster: ops/s, errors, latency percentiles (HDR
+    /// histogram), client CPU and Raft entries written, per path and concurrency. Every run is
+    /// bounded by --duration and --max-ops. Example:
+    /// `dedupctl bench claim-dup --target follower --concurrency 64 --duration 10s`.
+    Bench(Box<bench::BenchArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -189,7 +196,14 @@ fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { EXIT_USAGE } else { EXIT_OK });
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The load generator needs every core; the other verbs make a handful of calls.
+    let runtime = match &cli.command {
+        Command::Bench(args) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads()).enable_all().build()
+        }
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: RUNTIME: {error}");
@@ -269,6 +283,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 ("ledger_time_ms", Field::U64(answer.ledger_time_ms)),
             ]
         }
+        Command::Bench(args) => {
+            let results = bench::bench(client, &args).await?;
+            match cli.output {
+                OutputFormat::Json => {
+                    for result in &results {
+                        println!("{result}");
+                    }
+                }
+                OutputFormat::Table => print!("{}", bench::results_table(&results)),
+            }
+            let failed = results.iter().any(|r| r["ops"].as_u64() == Some(0));
+            return Ok(if failed { EXIT_UNAVAILABLE } else { EXIT_OK });
+        }
         Command::Status => {
             let results = client.cluster_status().await;
             let report = StatusReport::new(results);
@@ -308,6 +335,9 @@ fn pretty(value: &Value) -> String {
 // Errors
 
 fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<bench::UsageError>().is_some() {
+        return EXIT_USAGE;
+    }
     match error.downcast_ref::<Error>() {
         Some(error) => client_exit_code(error),
         None => EXIT_GENERIC,
