@@ -2,6 +2,11 @@ use clap::Parser;
 use dedup_server::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// sled and the apply path allocate many small, short-lived buffers; glibc malloc spent a third
+/// of the leader's CPU on them under batch load, mimalloc far less.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
