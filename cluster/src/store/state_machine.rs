@@ -5,11 +5,14 @@
 //! some whole number of applied entries. It is not flushed here: the next log flush (Db-wide)
 //! persists it, and `build_snapshot` flushes before any log can be purged (research P-4).
 //!
-//! Snapshots are a consistent dump of the ledger space taken between applies, written to a file
-//! (never to a sled value: large values are not synced by sled).
+//! Snapshots are a point-in-time dump of the ledger space, written to a file (never to a sled
+//! value: large values are not synced by sled). The point is fixed between two applies, but the
+//! dump itself runs beside later applies, which keep a [`SnapshotJournal`] of the values they
+//! overwrite, so applies never wait for a dump of the whole ledger.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::io;
 use std::io::Cursor;
 use std::io::Write;
@@ -17,6 +20,8 @@ use std::ops::Bound;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::Weak;
 
 use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
@@ -46,6 +51,8 @@ const META_APPLIED: &[u8] = b"m/applied";
 const META_MEMBERSHIP: &[u8] = b"m/membership";
 const META_LEDGER_TIME: &[u8] = b"m/ledger_time";
 const SNAPSHOT_FILE: &str = "current.snap";
+/// Pairs a snapshot dump reads per engine scan: bounds each read, not the dump.
+const SNAPSHOT_SCAN_CHUNK: usize = 4096;
 
 /// `RECORD_PREFIX, namespace length, namespace, key`: unambiguous because the namespace length
 /// (at most 64) is explicit.
@@ -184,6 +191,24 @@ pub struct StateMachineStore {
     applied: watch::Sender<AppliedState>,
     snapshots_built: u64,
     observer: Option<Arc<dyn ApplyObserver>>,
+    /// Journals of the snapshot dumps still running (a finished or dropped builder drops its
+    /// journal, and it is forgotten at the next write).
+    journals: Vec<Weak<SnapshotJournal>>,
+}
+
+/// The values a running snapshot dump must see instead of what the engine holds now: for each
+/// ledger-space key written since the snapshot point, its value at that point (`None`: absent).
+/// Only the first write after the point records a key, so the journal holds at most one entry
+/// per key written during the dump.
+#[derive(Default)]
+pub struct SnapshotJournal {
+    before: Mutex<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl SnapshotJournal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Option<Vec<u8>>>> {
+        self.before.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl StateMachineStore {
@@ -203,7 +228,8 @@ impl StateMachineStore {
         }
         let (applied, _) = watch::channel(AppliedState::default());
         let snapshot_file = SnapshotFile::new(snapshot_dir.join(SNAPSHOT_FILE));
-        let store = StateMachineStore { engine, snapshot_file, applied, snapshots_built: 0, observer };
+        let store =
+            StateMachineStore { engine, snapshot_file, applied, snapshots_built: 0, observer, journals: Vec::new() };
         let initial = store.read_applied_state()?;
         store.applied.send_replace(initial);
         Ok(store)
@@ -229,6 +255,21 @@ impl StateMachineStore {
     fn snapshot_path(&self) -> &Path {
         &self.snapshot_file.path
     }
+}
+
+/// The one way the ledger space is written: first gives every running snapshot dump the values
+/// this write replaces (once per key), then writes.
+fn write_ledger(engine: &dyn Engine, journals: &mut Vec<Weak<SnapshotJournal>>, write: WriteBatch) -> io::Result<()> {
+    journals.retain(|journal| journal.strong_count() > 0);
+    for journal in journals.iter().filter_map(Weak::upgrade) {
+        let mut before = journal.lock();
+        for (key, _) in &write {
+            if !before.contains_key(key) {
+                before.insert(key.clone(), engine.get(Space::Ledger, key)?);
+            }
+        }
+    }
+    engine.write(Space::Ledger, write)
 }
 
 /// The snapshot file, and the last log id of what it holds. openraft 0.9 builds snapshots in a
@@ -493,7 +534,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if let Some(membership) = &membership {
                 write.push(meta_pair(META_MEMBERSHIP, membership)?);
             }
-            self.engine.write(Space::Ledger, write)
+            write_ledger(self.engine.as_ref(), &mut self.journals, write)
         })();
         if let Err(error) = write {
             tracing::error!(%error, "writing applied state failed; the node stops (fail-stop)");
@@ -508,9 +549,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Runs between applies: the dump below is one point in time.
+        // Runs between applies: this is the snapshot point. The dump runs later, beside applies
+        // that journal what they overwrite from here on.
         self.snapshots_built += 1;
-        let dump = self.engine.scan(Space::Ledger, Bound::Unbounded, Bound::Unbounded, usize::MAX);
+        let journal = Arc::new(SnapshotJournal::default());
+        self.journals.push(Arc::downgrade(&journal));
         let meta = (|| -> io::Result<_> {
             let applied = self.read_meta::<Option<LogId>>(META_APPLIED)?.flatten();
             let membership: StoredMembership = self.read_meta(META_MEMBERSHIP)?.unwrap_or_default();
@@ -520,7 +563,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             engine: self.engine.clone(),
             snapshot_file: self.snapshot_file.clone(),
             sequence: self.snapshots_built,
-            dump: dump.and_then(|pairs| meta.map(|(applied, membership)| (pairs, applied, membership))),
+            dump: meta.map(|(applied, membership)| (journal, applied, membership)),
         }
     }
 
@@ -550,7 +593,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             {
                 write.insert(key, value);
             }
-            self.engine.write(Space::Ledger, write.into_iter().collect())?;
+            write_ledger(self.engine.as_ref(), &mut self.journals, write.into_iter().collect())?;
             self.engine.flush()?;
             self.snapshot_file
                 .replace_if_newer(meta.last_log_id, &codec::encode(&(meta, &body_bytes)).map_err(io::Error::other)?)?;
@@ -592,7 +635,32 @@ struct SnapshotBody {
     pairs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-type Dump = io::Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<LogId>, StoredMembership)>;
+/// What a builder dumps: the journal of its snapshot point and the point's applied log id and
+/// membership.
+type Dump = io::Result<(Arc<SnapshotJournal>, Option<LogId>, StoredMembership)>;
+
+/// Every ledger-space pair as of the journal's snapshot point, in key order. Scans the engine in
+/// chunks while applies go on: a key the journal holds is taken from the journal (its value at
+/// the point, or absent), any other key was not written since the point, so the engine's value
+/// is the point's. The journal only grows, so checking it again at the end catches keys first
+/// written after the scan passed them.
+fn dump_at_point(engine: &dyn Engine, journal: &SnapshotJournal) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut pairs = Vec::new();
+    let mut from = Bound::Unbounded;
+    loop {
+        let chunk = engine.scan(Space::Ledger, from, Bound::Unbounded, SNAPSHOT_SCAN_CHUNK)?;
+        let Some((last, _)) = chunk.last() else { break };
+        from = Bound::Excluded(last.clone());
+        let before = journal.lock();
+        pairs.extend(chunk.into_iter().filter(|(key, _)| !before.contains_key(key)));
+    }
+    let before = journal.lock();
+    pairs.retain(|(key, _)| !before.contains_key(key));
+    pairs.extend(before.iter().filter_map(|(key, value)| value.as_ref().map(|value| (key.clone(), value.clone()))));
+    drop(before);
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(pairs)
+}
 
 pub struct SnapshotBuilder {
     engine: Arc<dyn Engine>,
@@ -604,7 +672,7 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let dump = std::mem::replace(&mut self.dump, Err(io::Error::other("snapshot already built")));
-        let (pairs, last_log_id, last_membership) = dump.map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let (journal, last_log_id, last_membership) = dump.map_err(|e| StorageIOError::read_state_machine(&e))?;
         let snapshot_id = match last_log_id {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.sequence),
             None => format!("0-0-{}", self.sequence),
@@ -617,6 +685,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // The state machine must be durable up to the snapshot point before openraft may
             // purge the logs the snapshot replaces.
             engine.flush()?;
+            let pairs = dump_at_point(engine.as_ref(), &journal)?;
+            drop(journal); // applies stop journaling for this build
             let body_bytes = codec::encode(&SnapshotBody { pairs }).map_err(io::Error::other)?;
             let file_bytes = codec::encode(&(&write_meta, &body_bytes)).map_err(io::Error::other)?;
             if !snapshot_file.replace_if_newer(write_meta.last_log_id, &file_bytes)? {
@@ -700,5 +770,47 @@ mod snapshot_file_tests {
         let engine: Arc<dyn Engine> = Arc::new(super::super::SledEngine::open(&dir.path().join("sled")).unwrap());
         let _store = StateMachineStore::new(engine, snapshot_dir.clone(), None).unwrap();
         assert_eq!(std::fs::read_dir(&snapshot_dir).unwrap().count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod snapshot_dump_tests {
+    use super::*;
+
+    fn key(i: u32) -> Vec<u8> {
+        format!("k{i:06}").into_bytes()
+    }
+
+    /// Writes made after the snapshot point, before and during the chunked scan, never show in
+    /// the dump: it is the ledger as it was at the point.
+    #[test]
+    fn a_dump_is_the_ledger_at_its_point_whatever_is_written_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(super::super::SledEngine::open(&dir.path().join("sled")).unwrap());
+        let keys = 3 * SNAPSHOT_SCAN_CHUNK as u32 + 17;
+        let mut journals = Vec::new();
+        write_ledger(engine.as_ref(), &mut journals, (0..keys).map(|i| (key(i), Some(b"v0".to_vec()))).collect())
+            .unwrap();
+        let expected = engine.scan(Space::Ledger, Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap();
+
+        let journal = Arc::new(SnapshotJournal::default());
+        journals.push(Arc::downgrade(&journal));
+        // After the point: overwrite, remove and insert across every chunk.
+        let mut write: WriteBatch = Vec::new();
+        for i in (0..keys).step_by(97) {
+            write.push((key(i), Some(b"v1".to_vec())));
+            write.push((key(i + 1), None));
+        }
+        write.push((key(keys + 5), Some(b"new".to_vec())));
+        write_ledger(engine.as_ref(), &mut journals, write).unwrap();
+        // A second write of a journaled key keeps the point's value.
+        write_ledger(engine.as_ref(), &mut journals, vec![(key(0), Some(b"v2".to_vec()))]).unwrap();
+
+        assert_eq!(dump_at_point(engine.as_ref(), &journal).unwrap(), expected);
+
+        // A finished dump's journal is dropped and forgotten by the next write.
+        drop(journal);
+        write_ledger(engine.as_ref(), &mut journals, vec![(key(1), Some(b"v3".to_vec()))]).unwrap();
+        assert!(journals.is_empty());
     }
 }

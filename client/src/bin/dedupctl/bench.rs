@@ -835,9 +835,11 @@ async fn fill(cluster: &Cluster, args: &BenchArgs, keys: &KeySpace, concurrency:
     Ok(value)
 }
 
-/// The most any node's last log index grew between two readings.
+/// Raft entries appended between two readings: growth of the highest last log index (the
+/// leader's; a follower that lagged at the first reading must not count its catch-up).
 fn log_growth(before: &BTreeMap<u64, u64>, after: &BTreeMap<u64, u64>) -> u64 {
-    after.iter().filter_map(|(node, a)| before.get(node).map(|b| a.saturating_sub(*b))).max().unwrap_or(0)
+    let highest = |indexes: &BTreeMap<u64, u64>| indexes.values().copied().max().unwrap_or(0);
+    highest(after).saturating_sub(highest(before))
 }
 
 /// One run as JSON: the fields scripts read (`path`, `concurrency`, `ops_per_sec`, `errors`,
