@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README): builds the binaries the multi-process tests spawn, runs
 # every test of the workspace with cargo-nextest (plain `cargo test` when nextest is absent),
-# then the bug zoo (scripts/bug-zoo.sh), and prints the one safety summary line of the run
+# then the bug zoo (scripts/bug-zoo.sh) and the offline Helm chart check (tests/chart/check.sh:
+# helm-python-sdk and kubernetes-validate from PyPI in target/chart-venv), and prints the one safety summary line of the run
 # (seeds, schedules per fault kind, crash cycles, bugs caught / seeded, every violation counter).
 #
 # Arguments go to the test runner (e.g. a filter); with arguments the bug zoo and the summary's
@@ -26,6 +27,7 @@ if [[ $# -gt 0 ]]; then
   exit 0
 fi
 scripts/bug-zoo.sh
+tests/chart/check.sh
 # Fails if any violation counter is above 0, or the run proved less than issue 3 asks.
 cargo run -q -p dedup-checker --bin safety-summary -- \
   --min-seeds 200 --min-schedules 3 --min-crash-cycles 50 --all-bugs-caught

@@ -5,22 +5,29 @@
 //! completion and when a read finds one in sled; it is never the only copy of anything, and it
 //! is emptied when a snapshot replaces the ledger. Claimed and available records are not cached:
 //! answers about them must come from the leader.
+//!
+//! Entries are kept compact (the storage key and the record's encoded bytes, two allocations)
+//! and decoded on a hit: a cached `Record` struct with its strings cost about four times its
+//! payload bytes in real memory, which made the byte budget a poor bound on RSS.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use dedup_cluster::codec;
 use dedup_cluster::ledger::Record;
 use dedup_cluster::ledger::RecordKey;
 use dedup_cluster::ledger::RecordState;
+use dedup_cluster::store::record_storage_key;
 use dedup_cluster::store::ApplyObserver;
 use moka::sync::Cache;
 
 /// Default byte budget of the hot tier (`--hot-tier-bytes`): sized for a small pod.
 pub const HOT_TIER_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
-/// Bytes counted per entry on top of its key and record payloads (moka's own bookkeeping and
-/// our Arc and struct headers), so the budget bounds real memory, not only payload bytes.
-pub const HOT_TIER_ENTRY_OVERHEAD_BYTES: u32 = 160;
+/// Bytes counted per entry on top of its key and encoded record (moka's own bookkeeping, the
+/// allocator's rounding, our Arc headers), so the budget bounds real memory, not only payload
+/// bytes. Measured: RSS growth divided by entries with a full hot tier (docs/architecture.md).
+pub const HOT_TIER_ENTRY_OVERHEAD_BYTES: u32 = 400;
 
 #[derive(Debug, Default)]
 pub struct HotTierStats {
@@ -30,23 +37,15 @@ pub struct HotTierStats {
 
 #[derive(Clone)]
 pub struct HotTier {
-    cache: Cache<RecordKey, Arc<Record>>,
+    /// Storage key -> encoded COMPLETED record.
+    cache: Cache<Box<[u8]>, Arc<[u8]>>,
     stats: Arc<HotTierStats>,
 }
 
 /// The weight of one cached record in bytes.
-fn weight(key: &RecordKey, record: &Arc<Record>) -> u32 {
-    let payload = match &record.state {
-        RecordState::Completed { outcome, .. } => outcome.payload.len(),
-        _ => 0,
-    };
-    let bytes = key.namespace.len()
-        + key.key.len()
-        + record.owner.len()
-        + record.fingerprint.as_ref().map_or(0, Vec::len)
-        + record.previous.as_ref().map_or(0, |p| p.owner.len() + p.checkpoint.len())
-        + payload;
-    u32::try_from(bytes).unwrap_or(u32::MAX).saturating_add(HOT_TIER_ENTRY_OVERHEAD_BYTES)
+#[allow(clippy::borrowed_box)] // moka's weigher takes &K
+fn weight(key: &Box<[u8]>, record: &Arc<[u8]>) -> u32 {
+    u32::try_from(key.len() + record.len()).unwrap_or(u32::MAX).saturating_add(HOT_TIER_ENTRY_OVERHEAD_BYTES)
 }
 
 impl HotTier {
@@ -57,16 +56,21 @@ impl HotTier {
 
     /// The COMPLETED record of `key`, if cached.
     pub fn completed(&self, key: &RecordKey) -> Option<Arc<Record>> {
-        let found = self.cache.get(key);
+        let storage_key = record_storage_key(key);
+        // An entry that does not decode (it was encoded by this process, so never expected) is
+        // treated as a miss: the caller reads sled.
+        let found = self.cache.get(storage_key.as_slice()).and_then(|bytes| codec::decode::<Record>(&bytes).ok());
         let counter = if found.is_some() { &self.stats.hits } else { &self.stats.misses };
         counter.fetch_add(1, Ordering::Relaxed);
-        found
+        found.map(Arc::new)
     }
 
     /// Caches `record` if it is COMPLETED (anything else is not safe to answer from a cache).
     pub fn offer(&self, key: &RecordKey, record: &Record) {
         if matches!(record.state, RecordState::Completed { .. }) {
-            self.cache.insert(key.clone(), Arc::new(record.clone()));
+            if let Ok(bytes) = codec::encode(record) {
+                self.cache.insert(record_storage_key(key).into_boxed_slice(), Arc::from(bytes));
+            }
         }
     }
 
@@ -91,7 +95,7 @@ impl HotTier {
         match record {
             Some(record) if matches!(record.state, RecordState::Completed { .. }) => self.offer(key, record),
             // Purged: a duplicate of it is no longer answered from the cache.
-            _ => self.cache.invalidate(key),
+            _ => self.cache.invalidate(record_storage_key(key).as_slice()),
         }
     }
 }

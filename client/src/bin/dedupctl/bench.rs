@@ -54,9 +54,9 @@ const PRELOAD_TASKS: usize = 8;
 const PRELOAD_TIME_MAX: Duration = Duration::from_secs(1800);
 const OWNER: &str = "dedupctl-bench";
 /// What a key needs beyond its prefix: a level sub-prefix (up to 4 bytes), a kind letter and
-/// at least 8 digits of index.
-const KEY_SUFFIX_BYTES: usize = 13;
-const KEY_BYTES_MIN: usize = 24;
+/// 16 hex digits of the mixed index.
+const KEY_SUFFIX_BYTES: usize = 21;
+const KEY_BYTES_MIN: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchPath {
@@ -139,7 +139,7 @@ pub struct BenchArgs {
     /// Which nodes receive the load.
     #[arg(long, value_enum, default_value_t = BenchTarget::Leader)]
     target: BenchTarget,
-    /// Key length in bytes [24..=512].
+    /// Key length in bytes [32..=512].
     #[arg(long, default_value_t = 32)]
     key_bytes: usize,
     /// Outcome payload length in bytes [0..=65536].
@@ -246,8 +246,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("bad duration {text:?}: {e}"))
 }
 
-/// Keys of a run: `PREFIX` + kind letter + zero-padded index, exactly `key_bytes` long. Kind `c`
-/// marks preloaded completed keys, `l` preloaded claimed keys, `n` keys first used in the run.
+/// Keys of a run: `PREFIX` + kind letter + zero padding + 16 hex digits of a bijective mix of the
+/// index, exactly `key_bytes` long: unique per index, and as incompressible as hashed message IDs
+/// (a counter would flatter sled's and the snapshots' compression). Kind `c` marks preloaded
+/// completed keys, `l` preloaded claimed keys, `n` keys first used in the run.
 struct KeySpace {
     prefix: String,
     key_bytes: usize,
@@ -256,8 +258,24 @@ struct KeySpace {
 impl KeySpace {
     fn key(&self, kind: char, index: u64) -> Vec<u8> {
         let digits = self.key_bytes - self.prefix.len() - 1;
-        format!("{}{kind}{index:0digits$}", self.prefix).into_bytes()
+        format!("{}{kind}{:0digits$x}", self.prefix, mix(index)).into_bytes()
     }
+}
+
+/// splitmix64's finalizer: a bijection on u64 (each step is invertible), so distinct indexes give
+/// distinct keys.
+fn mix(index: u64) -> u64 {
+    let mut z = index.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// An outcome payload of `bytes` random bytes (incompressible, like a real result digest).
+fn random_payload(bytes: usize) -> Vec<u8> {
+    let mut payload = vec![0u8; bytes];
+    rand::thread_rng().fill(payload.as_mut_slice());
+    payload
 }
 
 /// The nodes a run talks to.
@@ -381,7 +399,7 @@ struct Run {
     namespace: String,
     lease_ms: u64,
     retention_ms: u64,
-    outcome: Vec<u8>,
+    outcome_bytes: usize,
     batch: usize,
     dup_ratio: f64,
     preloaded: u64,
@@ -491,7 +509,10 @@ async fn one_op(run: &Run, client: &LedgerClient<Channel>, tally: &mut WorkerTal
                 namespace: run.namespace.clone(),
                 key: run.keys.key('l', index),
                 token,
-                outcome: Some(pb::Outcome { kind: pb::OutcomeKind::Succeeded as i32, payload: run.outcome.clone() }),
+                outcome: Some(pb::Outcome {
+                    kind: pb::OutcomeKind::Succeeded as i32,
+                    payload: random_payload(run.outcome_bytes),
+                }),
                 retention_ms: 0,
             };
             match with_retries(tally, || {
@@ -636,7 +657,7 @@ async fn preload(
         let namespace = args.namespace.clone();
         let lease = Duration::from_millis(args.lease_ms);
         let retention = args.retention_ms.map(Duration::from_millis);
-        let payload = vec![b'o'; args.outcome_bytes];
+        let outcome_bytes = args.outcome_bytes;
         workers.spawn(async move {
             let mut tally = WorkerTally::new();
             loop {
@@ -669,7 +690,7 @@ async fn preload(
                             namespace.clone(),
                             keys.key(kind, *index),
                             claim.token,
-                            Outcome::succeeded(payload.clone()),
+                            Outcome::succeeded(random_payload(outcome_bytes)),
                         )),
                         other => {
                             bail!("preload key {index} answered {} (is the key prefix in use?)", other.state_name())
@@ -793,7 +814,7 @@ async fn bench_level(
         namespace: args.namespace.clone(),
         lease_ms: args.lease_ms,
         retention_ms: args.retention_ms.unwrap_or(0),
-        outcome: vec![b'o'; args.outcome_bytes],
+        outcome_bytes: args.outcome_bytes,
         batch: args.batch,
         dup_ratio: args.dup_ratio,
         preloaded,
