@@ -45,6 +45,8 @@ use crate::raft_types::*;
 /// Largest peer message, either way. Above the largest AppendEntries (max_payload_entries times
 /// ENTRY_BYTES_MAX) and the snapshot chunk size.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest piece of a snapshot in one InstallSnapshot call (see `install_snapshot`).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// How long dialling a peer may take before the call counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -128,6 +130,16 @@ enum PeerCall {
     InstallSnapshot,
 }
 
+impl PeerCall {
+    fn name(self) -> &'static str {
+        match self {
+            PeerCall::AppendEntries => "AppendEntries",
+            PeerCall::Vote => "Vote",
+            PeerCall::InstallSnapshot => "InstallSnapshot",
+        }
+    }
+}
+
 impl PeerConnection {
     async fn call<Req, Resp, E>(&mut self, call: PeerCall, request: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
@@ -142,6 +154,16 @@ impl PeerConnection {
             }
         };
         let payload = codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if payload.len() > PEER_MESSAGE_BYTES_MAX - 1024 {
+            // tonic would fail the body mid-stream and h2 report only a reset: say what happened.
+            let error = std::io::Error::other(format!(
+                "{} message of {} bytes exceeds PEER_MESSAGE_BYTES_MAX ({PEER_MESSAGE_BYTES_MAX})",
+                call.name(),
+                payload.len()
+            ));
+            tracing::warn!(target_node = self.target, bytes = payload.len(), "peer message too large");
+            return Err(RPCError::Network(NetworkError::new(&error)));
+        }
         let mut grpc_request = tonic::Request::new(RaftRequest { target_node_id: self.target, payload });
         grpc_request.set_timeout(option.hard_ttl());
         let reply = match call {
@@ -171,12 +193,39 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.call(PeerCall::AppendEntries, &rpc, &option).await
     }
 
+    /// openraft 0.9's chunked sender fills its chunk with `read_buf` into a `Vec`, which grows,
+    /// so it hands over the whole snapshot as one "chunk": a 1M-record snapshot (74 MB) exceeded
+    /// PEER_MESSAGE_BYTES_MAX on every attempt and a wiped node never caught up. Split it here
+    /// into SNAPSHOT_CHUNK_BYTES pieces at increasing offsets; only the last carries `done`.
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(PeerCall::InstallSnapshot, &rpc, &option).await
+        if rpc.data.len() <= SNAPSHOT_CHUNK_BYTES {
+            return self.call(PeerCall::InstallSnapshot, &rpc, &option).await;
+        }
+        let InstallSnapshotRequest { vote, meta, offset, data, done } = rpc;
+        let pieces = data.len().div_ceil(SNAPSHOT_CHUNK_BYTES);
+        let mut sent = 0usize;
+        for (number, piece) in data.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
+            let last = number + 1 == pieces;
+            let request: InstallSnapshotRequest<TypeConfig> = InstallSnapshotRequest {
+                vote,
+                meta: meta.clone(),
+                offset: offset + sent as u64,
+                data: piece.to_vec(),
+                done: done && last,
+            };
+            let response: InstallSnapshotResponse<NodeId> =
+                self.call(PeerCall::InstallSnapshot, &request, &option).await?;
+            // A follower with a newer vote refuses the leader: let openraft see it at once.
+            if last || response.vote != vote {
+                return Ok(response);
+            }
+            sent += piece.len();
+        }
+        unreachable!("a non-empty snapshot has a last piece")
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {

@@ -40,6 +40,11 @@ pub struct RaftTiming {
     pub snapshot_logs_since_last: u64,
 }
 
+/// How long sending a snapshot to a follower and its install there may take before the leader
+/// retries it.
+pub const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 30_000;
+/// Entries per AppendEntries (each at most ENTRY_BYTES_MAX, so at most 6 MiB per message).
+pub const APPEND_ENTRIES_MAX: u64 = 64;
 /// Entries kept behind a snapshot, so that a briefly lagging follower catches up from the log.
 pub const SNAPSHOT_LOGS_KEPT: u64 = 1_000;
 
@@ -103,10 +108,11 @@ fn raft_config(node_id: NodeId, timing: &RaftTiming) -> Result<openraft::Config,
         heartbeat_interval: timing.heartbeat_ms,
         election_timeout_min,
         election_timeout_max: election_timeout_min + ELECTION_RANGE_MS,
-        // The last chunk's RPC includes the follower's install (research P-16).
-        install_snapshot_timeout: 3_000,
-        snapshot_max_chunk_size: 1024 * 1024,
-        max_payload_entries: 64,
+        // One InstallSnapshot call of openraft covers the whole snapshot (network.rs splits it)
+        // and the follower's install of it (research P-16): 1M records took seconds.
+        install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT_MS,
+        snapshot_max_chunk_size: crate::network::SNAPSHOT_CHUNK_BYTES as u64,
+        max_payload_entries: APPEND_ENTRIES_MAX,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: SNAPSHOT_LOGS_KEPT.min(timing.snapshot_logs_since_last),
         purge_batch_size: 256.min(timing.snapshot_logs_since_last),

@@ -379,7 +379,12 @@ mod zoo {
     use super::*;
 
     async fn zoo(bug: Bug, faults: &[Fault]) {
-        let options = ClusterOptions { env: vec![(BUG_ZOO_ENV.to_string(), bug.name().to_string())], ..with_proxies() };
+        zoo_with(bug, faults, with_proxies()).await;
+    }
+
+    /// [`zoo`] on a cluster started with `options` (the bug is added to its environment).
+    async fn zoo_with(bug: Bug, faults: &[Fault], mut options: ClusterOptions) {
+        options.env.push((BUG_ZOO_ENV.to_string(), bug.name().to_string()));
         let name = format!("zoo_{}", bug.name().replace('-', "_"));
         let run = run_schedule(&name, faults, options, seed_from_env()).await;
         // Caught: the checker flagged the history, or a node stopped on one of the ledger's own
@@ -409,7 +414,14 @@ mod zoo {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn zoo_apply_twice_on_replay() {
-        zoo(Bug::ApplyTwiceOnReplay, &[Fault::KillFollower, Fault::KillAll]).await;
+        // A restart re-applies what lies behind the last purge. With the suites' 16-entry
+        // snapshot policy that window is a few entries, often idempotent on a second apply, and
+        // after a kill-all every node replays alike, so nothing diverges: the bug went unseen in
+        // 2 of 3 runs once applies got faster. Without snapshots the whole log is replayed, and
+        // killing followers one at a time makes the replaying node differ from the others.
+        let options = ClusterOptions { args: vec!["--snapshot-logs".into(), "100000".into()], ..with_proxies() };
+        zoo_with(Bug::ApplyTwiceOnReplay, &[Fault::KillFollower, Fault::KillFollower, Fault::KillFollower], options)
+            .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,9 @@
 //! Raft snapshots and log truncation (DESIGN §7): with a short snapshot policy the log is
 //! truncated under load, and a node that lost its whole data folder rejoins by installing the
 //! leader's snapshot and then holds every record the others hold.
+//!
+//! The completions carry 1,200-byte outcomes, so their entries are near ENTRY_BYTES_MAX and the
+//! leader's catch-up AppendEntries are as large as they get.
 
 use std::time::Duration;
 use std::time::Instant;
@@ -12,8 +15,9 @@ use dedup_tests::ledger;
 use dedup_tests::Cluster;
 
 const NAMESPACE: &str = "snap";
-const BATCHES: usize = 40;
-const BATCH: usize = 50;
+const BATCHES: usize = 60;
+const BATCH: usize = 64;
+const OUTCOME_BYTES: usize = 1_200;
 
 fn key(batch: usize, item: usize) -> Vec<u8> {
     format!("key-{batch:03}-{item:03}").into_bytes()
@@ -47,7 +51,10 @@ async fn write_completed_records(endpoint: &str) {
                     namespace: NAMESPACE.into(),
                     key: key(batch, item),
                     token: c.token,
-                    outcome: Some(pb::Outcome { kind: pb::OutcomeKind::Succeeded as i32, payload: vec![b'o'; 64] }),
+                    outcome: Some(pb::Outcome {
+                        kind: pb::OutcomeKind::Succeeded as i32,
+                        payload: vec![b'o'; OUTCOME_BYTES],
+                    }),
                     retention_ms: 0,
                 }
             })
@@ -77,7 +84,7 @@ async fn records(endpoint: &str) -> Vec<(Vec<u8>, i32, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_rejoins_by_installing_the_leaders_snapshot() {
-    let mut cluster = Cluster::start_with(&["--snapshot-logs", "20"]).await;
+    let mut cluster = Cluster::start_with(&["--snapshot-logs", "40"]).await;
     let leader = cluster.wait_for_leader(None).await;
     let wiped = (1..=3).find(|id| *id != leader).unwrap();
     write_completed_records(&cluster.endpoint(leader)).await;
