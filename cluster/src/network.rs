@@ -193,10 +193,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.call(PeerCall::AppendEntries, &rpc, &option).await
     }
 
-    /// openraft 0.9's chunked sender fills its chunk with `read_buf` into a `Vec`, which grows,
-    /// so it hands over the whole snapshot as one "chunk": a 1M-record snapshot (74 MB) exceeded
-    /// PEER_MESSAGE_BYTES_MAX on every attempt and a wiped node never caught up. Split it here
-    /// into SNAPSHOT_CHUNK_BYTES pieces at increasing offsets; only the last carries `done`.
+    /// openraft 0.9's chunked sender fills its chunk with `read_buf` into a `Vec`, which can grow
+    /// past the configured chunk size (read from its source, not observed on the wire). Split
+    /// any larger chunk here into SNAPSHOT_CHUNK_BYTES pieces at increasing offsets, only the last
+    /// carrying `done`, so no InstallSnapshot message comes near PEER_MESSAGE_BYTES_MAX.
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
