@@ -752,16 +752,7 @@ pub async fn bench(admin: DedupClient, args: &BenchArgs) -> anyhow::Result<Vec<V
     let mut preload_secs = 0.0;
     if args.path.preloads() == Some(Preload::Completed) && !args.skip_preload {
         let started = Instant::now();
-        let done =
-            preload(&cluster.admin, &keys, args, 'c', args.keys, PRELOAD_TASKS, started + PRELOAD_TIME_MAX).await?;
-        if done.written < args.keys {
-            bail!(
-                "preload wrote {} of {} keys in {}s; use fewer --keys",
-                done.written,
-                args.keys,
-                PRELOAD_TIME_MAX.as_secs()
-            );
-        }
+        preload_all(&cluster, &keys, args, 'c').await?;
         preload_secs = started.elapsed().as_secs_f64();
     }
     let new_keys = Arc::new(AtomicU64::new(0));
@@ -770,6 +761,21 @@ pub async fn bench(admin: DedupClient, args: &BenchArgs) -> anyhow::Result<Vec<V
         results.push(bench_level(&cluster, args, &keys, concurrency, new_keys.clone(), preload_secs).await?);
     }
     Ok(results)
+}
+
+/// A preload of all `--keys` keys before a timed run, within PRELOAD_TIME_MAX.
+async fn preload_all(cluster: &Cluster, keys: &KeySpace, args: &BenchArgs, kind: char) -> anyhow::Result<Preloaded> {
+    let deadline = Instant::now() + PRELOAD_TIME_MAX;
+    let done = preload(&cluster.admin, keys, args, kind, args.keys, PRELOAD_TASKS, deadline).await?;
+    if done.written < args.keys {
+        bail!(
+            "preload wrote {} of {} keys in {}s; use fewer --keys",
+            done.written,
+            args.keys,
+            PRELOAD_TIME_MAX.as_secs()
+        );
+    }
+    Ok(done)
 }
 
 async fn bench_level(
@@ -785,18 +791,7 @@ async fn bench_level(
     let mut tokens = Vec::new();
     if args.path.preloads() == Some(Preload::Claimed) {
         let started = Instant::now();
-        let done =
-            preload(&cluster.admin, &level_keys, args, 'l', args.keys, PRELOAD_TASKS, started + PRELOAD_TIME_MAX)
-                .await?;
-        if done.written < args.keys {
-            bail!(
-                "preload wrote {} of {} keys in {}s; use fewer --keys",
-                done.written,
-                args.keys,
-                PRELOAD_TIME_MAX.as_secs()
-            );
-        }
-        tokens = done.tokens;
+        tokens = preload_all(cluster, &level_keys, args, 'l').await?.tokens;
         preload_secs = started.elapsed().as_secs_f64();
     }
     let preloaded = if args.path.preloads().is_some() { args.keys } else { 0 };
