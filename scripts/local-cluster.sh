@@ -29,7 +29,7 @@ trap stop INT TERM EXIT
 
 for id in 1 2 3; do
   target/debug/dedupd --node-id "$id" --listen "127.0.0.1:710$id" --peers "$peers" \
-    --data-dir "$data_dir/node-$id" >>"$data_dir/node-$id.log" 2>&1 &
+    --data-dir "$data_dir/node-$id" --metrics-listen "127.0.0.1:910$id" >>"$data_dir/node-$id.log" 2>&1 &
   pids+=($!)
 done
 
@@ -49,11 +49,14 @@ cat <<TEXT
 
 dedup-ledger is running: client endpoints 127.0.0.1:7101, 127.0.0.1:7102, 127.0.0.1:7103
 logs: $data_dir/node-{1,2,3}.log    data: $data_dir/node-{1,2,3}
+metrics: http://127.0.0.1:9101/metrics (and :9102, :9103)
 
 Try, in another terminal:
   target/debug/dedupctl claim orders order-42 --owner worker-a --lease-ms 30000
   target/debug/dedupctl complete orders order-42 --token <TOKEN> --outcome shipped
   target/debug/dedupctl claim orders order-42 --owner worker-b      # -> COMPLETED: shipped
+  target/debug/dedupctl health --cluster
+  target/debug/dedupctl leader transfer
 
 Ctrl-C stops the cluster.
 TEXT

@@ -312,7 +312,13 @@ impl DedupClient {
 
     /// [`DedupClient::node_status`] of every endpoint, concurrently, in endpoint order.
     pub async fn cluster_status(&self) -> Vec<(String, Result<NodeStatus, Error>)> {
-        let endpoints = self.endpoints();
+        self.status_of(&self.endpoints()).await
+    }
+
+    /// [`DedupClient::node_status`] of each of `endpoints` (not necessarily this client's),
+    /// concurrently, in the order given.
+    pub async fn status_of(&self, endpoints: &[String]) -> Vec<(String, Result<NodeStatus, Error>)> {
+        let endpoints = endpoints.to_vec();
         let mut tasks = tokio::task::JoinSet::new();
         for (index, endpoint) in endpoints.iter().enumerate() {
             let client = self.clone();
@@ -403,7 +409,12 @@ impl DedupClient {
         }
     }
 
-    async fn call_pinned<Req, Resp, F, Fut>(&self, endpoint: &str, message: Req, rpc: F) -> Result<Resp, Error>
+    pub(crate) async fn call_pinned<Req, Resp, F, Fut>(
+        &self,
+        endpoint: &str,
+        message: Req,
+        rpc: F,
+    ) -> Result<Resp, Error>
     where
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,

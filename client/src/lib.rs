@@ -32,6 +32,7 @@
 //! extend are idempotent for the same token. A DEADLINE_EXCEEDED or NO_QUORUM write has an
 //! unknown outcome; the client resolves it by repeating the call.
 
+pub mod admin;
 mod backoff;
 mod client;
 mod endpoint;

@@ -293,10 +293,11 @@ impl PreviousAttempt {
         })
     }
 
-    /// True when the previous attempt may have taken effect (it released with EFFECT_UNKNOWN, or
-    /// its lease lapsed mid-action): the new holder should reconcile before acting.
+    /// True when the previous attempt may have taken effect (it released with EFFECT_UNKNOWN,
+    /// its lease lapsed mid-action, or an operator force-released it): the new holder should
+    /// reconcile before acting.
     pub fn may_have_taken_effect(&self) -> bool {
-        matches!(self.ended, PreviousEnd::ReleasedEffectUnknown | PreviousEnd::LeaseLapsed)
+        matches!(self.ended, PreviousEnd::ReleasedEffectUnknown | PreviousEnd::LeaseLapsed | PreviousEnd::ForceReleased)
     }
 }
 

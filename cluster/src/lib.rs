@@ -13,6 +13,7 @@ pub mod bug_zoo;
 pub mod clock;
 pub mod codec;
 pub mod ledger;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;

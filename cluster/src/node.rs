@@ -73,6 +73,9 @@ pub struct NodeConfig {
     pub timing: RaftTiming,
     /// Addresses to dial for some peers instead of their membership address (`--peer-dial`).
     pub dial: PeerDial,
+    /// A pristine node that joins a running cluster (`dedupctl member add`) must not form a
+    /// cluster of its own: it waits, uninitialized, for the leader to replicate to it.
+    pub join: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +99,20 @@ pub struct ClusterNode {
     pub proposer: Proposer,
     /// Raft log flushes since start (see `LogStore::flush_counter`).
     pub log_flushes: Arc<AtomicU64>,
+    /// The last committed log index this node knows.
+    pub committed: Arc<AtomicU64>,
     /// Where this node dials its peers (also for forwarding client calls to the leader).
     pub dial: PeerDial,
+    /// The storage engine (Raft log and ledger).
+    engine: Arc<dyn Engine>,
+}
+
+impl ClusterNode {
+    /// Makes everything written so far durable (appended entries already are; applied state
+    /// rides on later flushes). Blocking: call at shutdown, after Raft stopped.
+    pub fn flush_storage(&self) -> std::io::Result<()> {
+        self.engine.flush()
+    }
 }
 
 fn raft_config(node_id: NodeId, timing: &RaftTiming) -> Result<openraft::Config, NodeError> {
@@ -173,6 +188,8 @@ async fn start_on<N: RaftNetworkFactory<TypeConfig>>(
 ) -> Result<ClusterNode, NodeError> {
     let reader = state_machine.reader();
     let log_flushes = log_store.flush_counter();
+    let committed = log_store.committed_index();
+    let engine = log_store.engine();
     let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -182,6 +199,8 @@ async fn start_on<N: RaftNetworkFactory<TypeConfig>>(
     let initialized = raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
     if initialized {
         tracing::info!(node_id = config.node_id, "rejoining with existing data");
+    } else if config.join {
+        tracing::info!(node_id = config.node_id, "waiting to be added to a running cluster (--join)");
     } else {
         match raft.initialize(members).await {
             Ok(()) => tracing::info!(node_id = config.node_id, "initialized a new cluster from --peers"),
@@ -200,5 +219,14 @@ async fn start_on<N: RaftNetworkFactory<TypeConfig>>(
         reader.clone(),
         Duration::from_millis(config.timing.commit_timeout_ms),
     );
-    Ok(ClusterNode { node_id: config.node_id, raft, reader, proposer, log_flushes, dial: config.dial })
+    Ok(ClusterNode {
+        node_id: config.node_id,
+        raft,
+        reader,
+        proposer,
+        log_flushes,
+        committed,
+        dial: config.dial,
+        engine,
+    })
 }

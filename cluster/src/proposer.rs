@@ -15,6 +15,7 @@ use openraft::error::RaftError;
 use openraft::ServerState;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::sync::Semaphore;
 
 use crate::clock::LedgerClock;
@@ -61,6 +62,9 @@ pub enum ProposeError {
     Overloaded,
     #[error("SHUTTING_DOWN: the Raft node stopped: {0}")]
     Stopped(String),
+    /// Refused before proposing (nothing was written): the leader is handing leadership over.
+    #[error("LEADER_TRANSFER: this node is handing leadership to another node; retry shortly")]
+    TransferringLeadership,
     #[error(
         "BATCH_TOO_LARGE: the batch is {commands} commands and {bytes} bytes; one entry holds at most \
          {ENTRY_COMMANDS_MAX} commands (ENTRY_COMMANDS_MAX) and {ENTRY_BYTES_MAX} bytes (ENTRY_BYTES_MAX)"
@@ -89,20 +93,50 @@ pub struct ProposerStats {
 pub struct Proposer {
     queue: mpsc::Sender<Proposal>,
     stats: Arc<ProposerStats>,
+    /// True while a leadership transfer holds proposals back (see [`Proposer::hold`]).
+    held: Arc<watch::Sender<bool>>,
+}
+
+/// While alive, the proposer refuses new commands with
+/// [`ProposeError::TransferringLeadership`] instead of writing them: a leadership transfer needs
+/// the log to stand still so that its target can catch up and win the vote (followers refuse
+/// votes while a leader keeps replicating to them). Dropping it lets proposals through again.
+pub struct ProposalHold {
+    held: Arc<watch::Sender<bool>>,
+}
+
+impl Drop for ProposalHold {
+    fn drop(&mut self) {
+        self.held.send_replace(false);
+    }
 }
 
 impl Proposer {
     pub fn start(raft: Raft, clock: Arc<LedgerClock>, reader: LedgerReader, commit_timeout: Duration) -> Proposer {
         let (queue, pending) = mpsc::channel(PROPOSAL_QUEUE_MAX);
         let stats = Arc::new(ProposerStats::default());
-        tokio::spawn(run(raft.clone(), clock.clone(), reader.clone(), commit_timeout, pending, stats.clone()));
-        let proposer = Proposer { queue, stats };
+        let held = Arc::new(watch::Sender::new(false));
+        let holds = held.subscribe();
+        tokio::spawn(run(raft.clone(), clock.clone(), reader.clone(), commit_timeout, pending, stats.clone(), holds));
+        let proposer = Proposer { queue, stats, held };
         tokio::spawn(purge_ticker(raft, clock, reader, proposer.queue.downgrade()));
         proposer
     }
 
     pub fn stats(&self) -> &ProposerStats {
         &self.stats
+    }
+
+    /// Holds proposals back until the returned guard is dropped. `None` if a hold is already
+    /// in place (one leadership transfer at a time).
+    pub fn hold(&self) -> Option<ProposalHold> {
+        let mut taken = false;
+        self.held.send_if_modified(|held| {
+            taken = !*held;
+            *held = true;
+            taken
+        });
+        taken.then(|| ProposalHold { held: self.held.clone() })
     }
 
     /// Proposes one command and waits until it is applied (or fails).
@@ -169,6 +203,7 @@ async fn run(
     commit_timeout: Duration,
     mut pending: mpsc::Receiver<Proposal>,
     stats: Arc<ProposerStats>,
+    held: watch::Receiver<bool>,
 ) {
     let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     let mut carried: Option<Proposal> = None;
@@ -180,6 +215,11 @@ async fn run(
                 None => return,
             },
         };
+        if *held.borrow() {
+            // Answered at once, unwritten: the client retries and finds the new leader.
+            let _ = first.reply.send(Err(ProposeError::TransferringLeadership));
+            continue;
+        }
         let permit = in_flight.clone().acquire_owned().await.expect("the semaphore is never closed");
         // Take what queued while we waited for a permit, within the entry's limits.
         let mut bytes = first.encoded_bytes;

@@ -10,3 +10,6 @@ pub mod v1 {
 
 /// The `google.rpc.ErrorInfo` domain of every error this API returns.
 pub const ERROR_DOMAIN: &str = "dedup.v1";
+
+/// The encoded `FileDescriptorSet` of every `dedup.v1` file, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dedup_descriptor.bin"));

@@ -100,6 +100,7 @@ pub fn previous_to_pb(previous: &PreviousAttempt) -> pb::PreviousAttempt {
         PreviousEnd::LeaseLapsed => pb::PreviousEnd::LeaseLapsed,
         PreviousEnd::Released(ReleaseReason::Retryable) => pb::PreviousEnd::ReleasedRetryable,
         PreviousEnd::Released(ReleaseReason::EffectUnknown) => pb::PreviousEnd::ReleasedEffectUnknown,
+        PreviousEnd::ForceReleased => pb::PreviousEnd::ForceReleased,
     };
     pb::PreviousAttempt {
         ended: ended as i32,

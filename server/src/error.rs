@@ -41,6 +41,16 @@ pub enum ServiceError {
     /// Forwarding to the leader failed in transport.
     #[error("FORWARD_FAILED: forwarding to the leader at {leader_address} failed: {message}")]
     ForwardFailed { leader_address: String, message: String },
+    /// The leader is handing leadership over; nothing was written.
+    #[error("LEADER_TRANSFER: the leader is handing leadership to another node; retry shortly")]
+    TransferringLeadership,
+    /// An operator request the cluster's state does not allow (FAILED_PRECONDITION), e.g. a
+    /// member removal that would leave no quorum. `reason` is the stable reason string.
+    #[error("{reason}: {message}")]
+    Refused { reason: &'static str, message: String },
+    /// An operator request that did not finish in its time bound; it may have taken effect.
+    #[error("{reason}: {message}")]
+    Incomplete { reason: &'static str, message: String },
 }
 
 impl ServiceError {
@@ -52,6 +62,7 @@ impl ServiceError {
             error @ ProposeError::Timeout { .. } => ServiceError::NoQuorum(error.to_string()),
             error @ ProposeError::Overloaded => ServiceError::Overloaded(error.to_string()),
             ProposeError::Stopped(message) => ServiceError::ShuttingDown(message),
+            ProposeError::TransferringLeadership => ServiceError::TransferringLeadership,
             error @ ProposeError::GroupTooLarge { .. } => ServiceError::Invalid(LimitViolation {
                 reason: "BATCH_TOO_LARGE".to_string(),
                 message: error.to_string().trim_start_matches("BATCH_TOO_LARGE: ").to_string(),
@@ -83,6 +94,7 @@ fn code_and_reason(error: &ServiceError, metadata: &mut HashMap<String, String>)
     match error {
         ServiceError::Invalid(violation) => (Code::InvalidArgument, violation.reason.clone()),
         ServiceError::Rejected(Rejection::Invalid(violation)) => (Code::InvalidArgument, violation.reason.clone()),
+        ServiceError::Rejected(rejection @ Rejection::NoRecord) => (Code::NotFound, rejection.reason().to_string()),
         ServiceError::Rejected(rejection) => {
             if let Some(record) = rejection.record() {
                 record_metadata(record, metadata);
@@ -107,6 +119,9 @@ fn code_and_reason(error: &ServiceError, metadata: &mut HashMap<String, String>)
             metadata.insert("leader_address".to_string(), leader_address.clone());
             (Code::Unavailable, "NOT_LEADER".to_string())
         }
+        ServiceError::TransferringLeadership => (Code::Unavailable, "LEADER_TRANSFER".to_string()),
+        ServiceError::Refused { reason, .. } => (Code::FailedPrecondition, reason.to_string()),
+        ServiceError::Incomplete { reason, .. } => (Code::DeadlineExceeded, reason.to_string()),
     }
 }
 

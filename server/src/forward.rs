@@ -1,4 +1,5 @@
-//! Channels from a follower to the leader's client API, for forwarding writes and reads.
+//! Channels from this node to other nodes' gRPC port: a follower forwarding writes and reads to
+//! the leader's client API, and the admin service calling a peer's admin API.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,20 +21,23 @@ pub struct LeaderChannels {
 }
 
 impl LeaderChannels {
+    /// A lazily connected channel to `address` (HOST:PORT), one per address.
+    pub fn channel(&self, address: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("bad node address {address:?}: {e}"))?
+            .connect_timeout(FORWARD_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
     pub fn client(&self, address: &str) -> Result<LedgerClient<Channel>, String> {
-        let mut channels = self.channels.lock().expect("leader channel cache lock");
-        let channel = match channels.get(address) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| format!("bad leader address {address:?}: {e}"))?
-                    .connect_timeout(FORWARD_CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                channels.insert(address.to_string(), channel.clone());
-                channel
-            }
-        };
+        let channel = self.channel(address)?;
         Ok(LedgerClient::new(channel)
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX))

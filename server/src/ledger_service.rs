@@ -3,6 +3,7 @@
 //! leader's answer back unchanged.
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,6 +37,9 @@ use crate::fail_stop;
 use crate::forward::LeaderChannels;
 use crate::forward::FORWARDED_HEADER;
 use crate::hot_tier::HotTier;
+use crate::metrics::ClaimVia;
+use crate::metrics::CommandFacts;
+use crate::metrics::LedgerMetrics;
 use crate::waiters::Waiters;
 
 /// A parked claim retries this long after the holder's lease should have lapsed, so that the
@@ -51,6 +55,7 @@ pub struct LedgerService {
     leaders: LeaderChannels,
     /// Bound on one forwarded call: the leader's own commit timeout plus transport slack.
     forward_timeout: Duration,
+    metrics: Arc<LedgerMetrics>,
 }
 
 impl LedgerService {
@@ -68,24 +73,34 @@ impl LedgerService {
             local_duplicates,
             leaders: LeaderChannels::default(),
             forward_timeout: commit_timeout + Duration::from_secs(2),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts the answers this service gives into `metrics` (the node's Prometheus metrics).
+    pub fn with_metrics(mut self, metrics: Arc<LedgerMetrics>) -> LedgerService {
+        self.metrics = metrics;
+        self
     }
 
     /// The fast duplicate path (DESIGN §6): a claim of a key this node knows COMPLETED is
     /// answered here, from the hot tier or sled, with no Raft round. A COMPLETED record never
     /// changes, so the answer is the one the leader would give. `None`: not known completed
     /// here; the claim must go through the leader.
-    fn completed_locally(&self, command: &Command) -> Result<Option<pb::CheckAndClaimResponse>, ServiceError> {
+    fn completed_locally(
+        &self,
+        command: &Command,
+    ) -> Result<Option<(pb::CheckAndClaimResponse, ClaimVia)>, ServiceError> {
         let Command::Claim(claim) = command else {
             return Ok(None);
         };
         let applied = self.node.reader.applied();
-        let record = match self.hot_tier.completed(&claim.key) {
-            Some(record) => record,
+        let (record, via) = match self.hot_tier.completed(&claim.key) {
+            Some(record) => (record, ClaimVia::HotTier),
             None => match self.node.reader.record(&claim.key) {
                 Ok(Some(record)) if matches!(record.state, RecordState::Completed { .. }) => {
                     self.hot_tier.offer(&claim.key, &record);
-                    Arc::new(record)
+                    (Arc::new(record), ClaimVia::Store)
                 }
                 Ok(_) => return Ok(None),
                 Err(error) => fail_stop::stop(&format!("reading record {}: {error}", claim.key)),
@@ -108,11 +123,16 @@ impl LedgerService {
             retained_until: *retained_until,
         };
         self.local_duplicates.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(convert::claim_response(answer, applied.log_index, applied.ledger_time)))
+        Ok(Some((convert::claim_response(answer, applied.log_index, applied.ledger_time), via)))
     }
 
     async fn propose(&self, command: Command) -> Result<Applied, ServiceError> {
-        self.node.proposer.propose(command).await.map_err(|e| ServiceError::from_propose(e, self.node.node_id))
+        let facts = CommandFacts::of(&command);
+        let proposed = self.node.proposer.propose(command).await;
+        self.metrics.proposed(&proposed);
+        let applied = proposed.map_err(|e| ServiceError::from_propose(e, self.node.node_id))?;
+        self.metrics.applied(facts, &applied);
+        Ok(applied)
     }
 
     /// Answers a write locally, or forwards it when this node is not the leader.
@@ -194,20 +214,27 @@ impl LedgerService {
         }
     }
 
-    /// One claim: the fast duplicate path, else a Raft write (forwarded from a follower).
+    /// One claim: the fast duplicate path, else a Raft write (forwarded from a follower). Also
+    /// says how the answer was produced, for the metrics.
     async fn claim_now(
         &self,
         request: Request<pb::CheckAndClaimRequest>,
-    ) -> Result<Response<pb::CheckAndClaimResponse>, Status> {
+    ) -> Result<(Response<pb::CheckAndClaimResponse>, ClaimVia), Status> {
         let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
         let message = request.into_inner();
         // Checked once, for both paths, so a request is refused the same way on either.
         let command = convert::claim_command(message.clone())?;
-        if let Some(answer) = self.completed_locally(&command)? {
-            return Ok(Response::new(answer));
+        if let Some((answer, via)) = self.completed_locally(&command)? {
+            return Ok((Response::new(answer), via));
         }
-        let forward = |mut c: LedgerClient<Channel>, r| async move { c.check_and_claim(r).await };
-        self.propose_or_forward(forwarded, message, command, claim_response, forward).await
+        let sent_to_leader = AtomicBool::new(false);
+        let forward = |mut c: LedgerClient<Channel>, r| {
+            sent_to_leader.store(true, Ordering::Relaxed);
+            async move { c.check_and_claim(r).await }
+        };
+        let response = self.propose_or_forward(forwarded, message, command, claim_response, forward).await?;
+        let via = if sent_to_leader.load(Ordering::Relaxed) { ClaimVia::Forwarded } else { ClaimVia::Raft };
+        Ok((response, via))
     }
 
     /// A claim with `wait_ms`: while the answer is IN_PROGRESS, park until an apply on this node
@@ -217,7 +244,7 @@ impl LedgerService {
     async fn claim_waiting(
         &self,
         request: Request<pb::CheckAndClaimRequest>,
-    ) -> Result<Response<pb::CheckAndClaimResponse>, Status> {
+    ) -> Result<(Response<pb::CheckAndClaimResponse>, ClaimVia), Status> {
         // Refuse a bad request (wait_ms over WAIT_MS_MAX included) before parking it.
         let command = convert::claim_command(request.get_ref().clone())?;
         let slot = self.waiters.park(command.key()).map_err(ServiceError::WaitersFull)?;
@@ -228,13 +255,13 @@ impl LedgerService {
             let notified = slot.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let response = self.claim_now(Request::new(message.clone())).await?;
+            let (response, via) = self.claim_now(Request::new(message.clone())).await?;
             let Some(pb::check_and_claim_response::Result::InProgress(busy)) = &response.get_ref().result else {
-                return Ok(response);
+                return Ok((response, via));
             };
             let now = Instant::now();
             if now >= deadline {
-                return Ok(response);
+                return Ok((response, via));
             }
             let lapse = Duration::from_millis(busy.retry_after_ms + LEASE_LAPSE_SLACK_MS);
             tokio::select! {
@@ -283,13 +310,12 @@ impl LedgerService {
         }
         let mut applied_index = 0;
         if !commands.is_empty() {
-            let applied = self
-                .node
-                .proposer
-                .propose_group(commands)
-                .await
-                .map_err(|e| ServiceError::from_propose(e, self.node.node_id))?;
-            for (position, applied) in positions.into_iter().zip(applied) {
+            let facts: Vec<CommandFacts> = commands.iter().map(CommandFacts::of).collect();
+            let proposed = self.node.proposer.propose_group(commands).await;
+            self.metrics.proposed(&proposed);
+            let applied = proposed.map_err(|e| ServiceError::from_propose(e, self.node.node_id))?;
+            for ((position, applied), facts) in positions.into_iter().zip(applied).zip(facts) {
+                self.metrics.applied(facts, &applied);
                 applied_index = applied.log_index;
                 answers[position] = Some(to_answer(applied));
             }
@@ -381,6 +407,13 @@ impl pb::ledger_server::Ledger for LedgerService {
         use pb::check_and_claim_batch_item::Result as Item;
         let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
         let message = request.into_inner();
+        let count_answers = |response: &pb::CheckAndClaimBatchResponse, via| {
+            for item in &response.items {
+                if let Some(Item::Answer(answer)) = &item.result {
+                    self.metrics.claim_answered(answer, via);
+                }
+            }
+        };
         match self.write_batch(message.items.clone(), convert::claim_command, claim_response).await {
             Ok((results, applied_index)) => {
                 let items = results
@@ -392,11 +425,16 @@ impl pb::ledger_server::Ledger for LedgerService {
                         }),
                     })
                     .collect();
-                Ok(Response::new(pb::CheckAndClaimBatchResponse { items, applied_index }))
+                let response = pb::CheckAndClaimBatchResponse { items, applied_index };
+                count_answers(&response, ClaimVia::Raft);
+                Ok(Response::new(response))
             }
             Err(ServiceError::NotLeader { leader_id, leader_address: Some(address), .. }) if !forwarded => {
-                self.forward(leader_id, &address, message, |mut c, r| async move { c.check_and_claim_batch(r).await })
-                    .await
+                let response = self
+                    .forward(leader_id, &address, message, |mut c, r| async move { c.check_and_claim_batch(r).await })
+                    .await?;
+                count_answers(response.get_ref(), ClaimVia::Forwarded);
+                Ok(response)
             }
             Err(error) => Err(error.into()),
         }
@@ -433,10 +471,13 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         request: Request<pb::CheckAndClaimRequest>,
     ) -> Result<Response<pb::CheckAndClaimResponse>, Status> {
-        if request.get_ref().wait_ms == 0 {
-            return self.claim_now(request).await;
-        }
-        self.claim_waiting(request).await
+        let (response, via) = if request.get_ref().wait_ms == 0 {
+            self.claim_now(request).await?
+        } else {
+            self.claim_waiting(request).await?
+        };
+        self.metrics.claim_answered(response.get_ref(), via);
+        Ok(response)
     }
 
     async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {

@@ -1,5 +1,5 @@
-use clap::Parser;
 use dedup_server::config::Config;
+use dedup_server::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// sled and the apply path allocate many small, short-lived buffers; glibc malloc spent a third
@@ -9,12 +9,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let config = Config::load_from(std::env::args_os()).unwrap_or_else(|error| error.exit());
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     dedup_cluster::bug_zoo::select_from_env().map_err(anyhow::Error::msg)?;
     dedup_server::run(config, shutdown_signal()).await
 }

@@ -56,12 +56,21 @@ pub struct ClusterOptions {
     /// under the cluster's temporary root. Each folder must exist; it is emptied before each
     /// start attempt, never removed. Its log file is still `<folder>.log`, next to it.
     pub data_dirs: BTreeMap<u64, PathBuf>,
+    /// Give every node a Prometheus endpoint (`--metrics-listen`) on a free port of its own;
+    /// see [`Node::metrics_address`].
+    pub metrics: bool,
 }
 
 pub struct Node {
     pub id: u64,
     pub address: String,
     pub data_dir: PathBuf,
+    /// `HOST:PORT` of the node's metrics endpoint, when started with [`ClusterOptions::metrics`].
+    pub metrics_address: Option<String>,
+    /// Flags of this node only, after the cluster's (e.g. `--join` of a node added later).
+    pub extra_args: Vec<String>,
+    /// `--peers` of this node when it is not the cluster's (a node added by [`Cluster::add_node`]).
+    peers: Option<String>,
     process: Option<Child>,
 }
 
@@ -132,7 +141,7 @@ impl Cluster {
 
     fn spawn(options: ClusterOptions) -> Cluster {
         let root = tempfile::tempdir().expect("temporary directory");
-        let ports = free_ports(3);
+        let ports = free_ports(if options.metrics { 6 } else { 3 });
         let nodes: BTreeMap<u64, Node> = (1..=3u64)
             .map(|id| {
                 let node = Node {
@@ -143,6 +152,9 @@ impl Cluster {
                         .get(&id)
                         .cloned()
                         .unwrap_or_else(|| root.path().join(format!("node-{id}"))),
+                    metrics_address: options.metrics.then(|| format!("127.0.0.1:{}", ports[id as usize + 2])),
+                    extra_args: Vec::new(),
+                    peers: None,
                     process: None,
                 };
                 (id, node)
@@ -189,14 +201,51 @@ impl Cluster {
         self.nodes[&id].address.clone()
     }
 
+    /// The `--peers` flag the three nodes start with (`1=HOST:PORT,2=...,3=...`).
+    pub fn peers(&self) -> &str {
+        &self.peers
+    }
+
+    /// Starts an extra node `id` (beyond the three) on a free port, with a pristine data folder
+    /// of its own, `--peers` naming the cluster's nodes and itself, the cluster's flags, then
+    /// `args` (e.g. `--join`, to wait for `dedupctl member add`). Returns its address. From then
+    /// on it is one of [`Cluster::nodes`]: [`Cluster::kill_node`], [`Cluster::start_node`] (with
+    /// the same flags), its log, its status.
+    pub fn add_node(&mut self, id: u64, args: &[&str]) -> String {
+        let address = self.define_node(id, args);
+        self.start_node(id);
+        address
+    }
+
+    /// Like [`Cluster::add_node`], but does not start the node: it gets its address (a port free
+    /// a moment ago), data folder and flags; [`Cluster::start_node`] starts it.
+    pub fn define_node(&mut self, id: u64, args: &[&str]) -> String {
+        assert!(!self.nodes.contains_key(&id), "node {id} already exists");
+        assert!(self.links.is_none(), "add_node does not put proxies on the new node's links");
+        let address = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let node = Node {
+            id,
+            address: address.clone(),
+            data_dir: self._root.path().join(format!("node-{id}")),
+            metrics_address: None,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            peers: Some(format!("{},{id}={address}", self.peers)),
+            process: None,
+        };
+        self.nodes.insert(id, node);
+        address
+    }
+
     /// Starts (or restarts) a node with its existing data folder.
     pub fn start_node(&mut self, id: u64) {
-        let peers = self.peers.clone();
         let dial: Vec<String> =
             self.links.as_ref().map(|links| vec!["--peer-dial".to_string(), links.dial_flag(id)]).unwrap_or_default();
         let (args, env) = (&self.options.args, &self.options.env);
         let node = self.nodes.get_mut(&id).expect("node id");
         assert!(node.process.is_none(), "node {id} is already running");
+        let peers = node.peers.clone().unwrap_or_else(|| self.peers.clone());
+        let metrics: Vec<&str> =
+            node.metrics_address.as_deref().map(|address| vec!["--metrics-listen", address]).unwrap_or_default();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,7 +256,9 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(args)
+            .args(&node.extra_args)
             .args(&dial)
+            .args(&metrics)
             .env("DEDUP_LOG", "info,openraft=warn")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -234,6 +285,11 @@ impl Cluster {
     /// SIGCONT after [`Cluster::pause_node`].
     pub fn resume_node(&mut self, id: u64) {
         self.signal(id, "-CONT");
+    }
+
+    /// SIGTERM: the node shuts down in order by itself. Reap it with [`Cluster::wait_exit`].
+    pub fn terminate_node(&mut self, id: u64) {
+        self.signal(id, "-TERM");
     }
 
     fn signal(&mut self, id: u64, signal: &str) {
@@ -386,6 +442,31 @@ pub async fn node_status(address: &str) -> Result<NodeStatusResponse, String> {
         .timeout(Duration::from_secs(2));
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     AdminClient::new(channel).node_status(NodeStatusRequest {}).await.map(|r| r.into_inner()).map_err(|e| e.to_string())
+}
+
+/// Bound of one [`dedupctl`] run (its own deadlines are shorter; this only catches a hang).
+pub const DEDUPCTL_WAIT: Duration = Duration::from_secs(90);
+
+/// Runs `dedupctl --endpoints ENDPOINTS ARGS` as a process without blocking the runtime, and
+/// returns its exit code (-1: killed by a signal), stdout and stderr. Panics if it runs longer
+/// than [`DEDUPCTL_WAIT`] (the process is killed).
+pub async fn dedupctl(endpoints: &[String], args: &[&str]) -> (i32, String, String) {
+    let run = tokio::process::Command::new(workspace_binary("dedupctl"))
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(DEDUPCTL_WAIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("dedupctl {args:?} ran longer than {DEDUPCTL_WAIT:?}"))
+        .expect("run dedupctl");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Raw gRPC access to one node's ledger API, for tests that pin the wire contract.

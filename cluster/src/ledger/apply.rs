@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::collections::VecDeque;
 
 use super::types::*;
 use super::validate::validate_command;
@@ -24,6 +25,9 @@ pub trait LedgerState {
     /// Ledger time of the last applied entry (0 before the first).
     fn ledger_time(&self) -> LedgerTime;
     fn set_ledger_time(&mut self, time: LedgerTime);
+    /// Adds `entry` to the audit trail of operator commands, then drops the oldest entries
+    /// (smallest `(log_index, slot)`) beyond AUDIT_ENTRIES_MAX. Entries arrive in log order.
+    fn append_audit(&mut self, entry: AuditEntry);
 }
 
 /// Where a command sits in the log: the Raft index of its entry and its position inside it.
@@ -103,17 +107,36 @@ pub fn apply<S: LedgerState>(
     validate_command(command).map_err(Rejection::Invalid)?;
     let key = command.key();
     let current = state.record(key);
-    let (next, result) = decide(current.as_ref(), position.token(), now, command);
-    if let Some(next) = next {
-        check_transition(current.as_ref(), &next, position.token());
-        state.put_record(key, next);
+    let (change, result) = decide(current.as_ref(), position, now, command);
+    match change {
+        Change::Keep => {}
+        Change::Put(next) => {
+            check_transition(current.as_ref(), &next, position.token(), command);
+            state.put_record(key, next);
+        }
+        Change::Remove => {
+            check_removal(current.as_ref(), command);
+            state.remove_record(key);
+        }
+    }
+    if let Ok(Answer::Forgotten(ack) | Answer::ForceReleased(ack)) = &result {
+        check_audit(&ack.audit, current.as_ref(), position, now, command);
+        state.append_audit(ack.audit.clone());
     }
     result
 }
 
+/// What a command does to its key's record.
+enum Change {
+    Keep,
+    Put(Record),
+    /// Only an operator's forget removes a record (purging is not a command).
+    Remove,
+}
+
 /// Safety rules that must hold for every stored transition. A violation is a bug in `decide`;
 /// stopping is better than persisting it.
-fn check_transition(current: Option<&Record>, next: &Record, grant: FencingToken) {
+fn check_transition(current: Option<&Record>, next: &Record, grant: FencingToken, command: &Command) {
     assert!(next.token <= grant, "a record token {} from the future (grant {grant})", next.token);
     if let Some(current) = current {
         // Rule 2: tokens of one key never go backwards; a new claim gets a strictly larger one.
@@ -127,21 +150,71 @@ fn check_transition(current: Option<&Record>, next: &Record, grant: FencingToken
             assert_eq!(current, next, "a COMPLETED record changed");
         }
     }
+    // Only a claim grants, and an operator only ends a claim: a force-release keeps the token
+    // and attempt and leaves the record AVAILABLE, saying so.
+    if let Command::ForceRelease(_) = command {
+        let current = current.expect("a force-release stores only over a record");
+        assert!(
+            matches!(current.state, RecordState::Claimed { .. }),
+            "force-released a {} record",
+            current.state_name()
+        );
+        assert_eq!((next.token, next.attempt), (current.token, current.attempt), "a force-release changed the claim");
+        assert!(
+            matches!(next.state, RecordState::Available { .. }),
+            "a force-release left a {} record",
+            next.state_name()
+        );
+        assert_eq!(next.previous.as_ref().map(|p| p.ended), Some(PreviousEnd::ForceReleased));
+    }
 }
 
-/// The transition itself: the record to store (None: unchanged) and the answer.
-fn decide(
+/// A command removes a record only if it is a forget of a record that exists.
+fn check_removal(current: Option<&Record>, command: &Command) {
+    assert!(matches!(command, Command::Forget(_)), "{command:?} removed a record");
+    assert!(current.is_some(), "a forget removed a record that did not exist");
+}
+
+/// An audit entry describes exactly the operator command that was applied and the record it
+/// replaced.
+fn check_audit(
+    audit: &AuditEntry,
     current: Option<&Record>,
-    grant: FencingToken,
+    position: LogPosition,
     now: LedgerTime,
     command: &Command,
-) -> (Option<Record>, CommandResult) {
-    match command {
+) {
+    let (action, operator_command) = match command {
+        Command::Forget(c) => (OperatorAction::Forget, c),
+        Command::ForceRelease(c) => (OperatorAction::ForceRelease, c),
+        other => panic!("{other:?} answered with an audit entry"),
+    };
+    assert_eq!((audit.log_index, audit.slot, audit.at), (position.log_index, position.slot, now));
+    assert_eq!(audit.action, action);
+    assert_eq!(&audit.key, &operator_command.key);
+    assert!(
+        current.is_some_and(|current| audit.previous == audited_record(current)),
+        "the audit entry must hold the record as it was (bulk cut to AUDIT_RECORD_BYTES_KEPT)"
+    );
+}
+
+/// The transition itself: what happens to the record, and the answer.
+fn decide(
+    current: Option<&Record>,
+    position: LogPosition,
+    now: LedgerTime,
+    command: &Command,
+) -> (Change, CommandResult) {
+    let grant = position.token();
+    let (next, result) = match command {
         Command::Claim(claim) => decide_claim(current, grant, now, claim),
         Command::Complete(complete) => decide_complete(current, now, complete),
         Command::Release(release) => decide_release(current, now, release),
         Command::ExtendLease(extend) => decide_extend(current, now, extend),
-    }
+        Command::Forget(forget) => return decide_forget(current, position, now, forget),
+        Command::ForceRelease(force) => decide_force_release(current, position, now, force),
+    };
+    (next.map_or(Change::Keep, Change::Put), result)
 }
 
 fn unchanged(result: CommandResult) -> (Option<Record>, CommandResult) {
@@ -374,6 +447,92 @@ fn decide_extend(
     }
 }
 
+fn audit_entry(
+    action: OperatorAction,
+    position: LogPosition,
+    now: LedgerTime,
+    command: &OperatorCommand,
+    previous: &Record,
+) -> AuditEntry {
+    AuditEntry {
+        log_index: position.log_index,
+        slot: position.slot,
+        at: now,
+        action,
+        key: command.key.clone(),
+        reason: command.reason.clone(),
+        operator: command.operator.clone(),
+        previous: audited_record(previous),
+    }
+}
+
+/// The record an audit entry keeps: outcome payload and checkpoints cut to
+/// AUDIT_RECORD_BYTES_KEPT each, so that the trail stays small (at most AUDIT_ENTRIES_MAX
+/// entries of a few KiB) whatever the records held. The cut is deterministic.
+fn audited_record(record: &Record) -> Record {
+    let keep = super::limits::AUDIT_RECORD_BYTES_KEPT;
+    let mut kept = record.clone();
+    if let RecordState::Completed { outcome, .. } = &mut kept.state {
+        outcome.payload.truncate(keep);
+    }
+    if let RecordState::Claimed { checkpoint, .. } = &mut kept.state {
+        checkpoint.truncate(keep);
+    }
+    if let Some(previous) = &mut kept.previous {
+        previous.checkpoint.truncate(keep);
+    }
+    kept
+}
+
+/// Forget: the record goes, whatever its state, so the next claim starts afresh (attempt 1, no
+/// previous). Its tokens stay fenced without a tombstone: the next grant's token is a later log
+/// position, so larger than any token the record ever had. A holder of a live claim that was
+/// forgotten gets NOT_CLAIMED (or FENCED once the key is claimed again) from then on.
+fn decide_forget(
+    current: Option<&Record>,
+    position: LogPosition,
+    now: LedgerTime,
+    forget: &OperatorCommand,
+) -> (Change, CommandResult) {
+    let Some(record) = current else {
+        return (Change::Keep, Err(Rejection::NoRecord));
+    };
+    let audit = audit_entry(OperatorAction::Forget, position, now, forget, record);
+    (Change::Remove, Ok(Answer::Forgotten(OperatorAck { audit })))
+}
+
+/// Force-release: a CLAIMED record (live or lapsed) becomes AVAILABLE as a release with effect
+/// unknown would make it (same retention, the claim's checkpoint kept for the next claimant),
+/// but `previous.ended` says an operator ended it. The old token is then refused as after any
+/// release.
+fn decide_force_release(
+    current: Option<&Record>,
+    position: LogPosition,
+    now: LedgerTime,
+    force: &OperatorCommand,
+) -> (Option<Record>, CommandResult) {
+    let Some(record) = current else {
+        return unchanged(Err(Rejection::NoRecord));
+    };
+    let RecordState::Claimed { checkpoint, .. } = &record.state else {
+        return unchanged(Err(Rejection::NotForceReleasable { record: Box::new(record.clone()) }));
+    };
+    let retained_until = now.plus_ms(record.retention_ms);
+    let next = Record {
+        previous: Some(PreviousAttempt {
+            ended: PreviousEnd::ForceReleased,
+            owner: record.owner.clone(),
+            token: record.token,
+            attempt: record.attempt,
+            checkpoint: checkpoint.clone(),
+        }),
+        state: RecordState::Available { released_at: now, retained_until },
+        ..record.clone()
+    };
+    let audit = audit_entry(OperatorAction::ForceRelease, position, now, force, record);
+    (Some(next), Ok(Answer::ForceReleased(OperatorAck { audit })))
+}
+
 /// An in-memory ledger: the reference state for tests and simulations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemoryLedger {
@@ -382,6 +541,8 @@ pub struct MemoryLedger {
     /// `(retained_until, key)` of every COMPLETED and AVAILABLE record.
     pub deadlines: BTreeSet<(LedgerTime, RecordKey)>,
     pub purge_horizons: BTreeMap<String, LedgerTime>,
+    /// The audit trail, oldest first: at most AUDIT_ENTRIES_MAX entries.
+    pub audit: VecDeque<AuditEntry>,
 }
 
 impl LedgerState for MemoryLedger {
@@ -427,5 +588,16 @@ impl LedgerState for MemoryLedger {
 
     fn set_ledger_time(&mut self, time: LedgerTime) {
         self.time = time;
+    }
+
+    fn append_audit(&mut self, entry: AuditEntry) {
+        assert!(
+            self.audit.back().is_none_or(|last| (last.log_index, last.slot) < (entry.log_index, entry.slot)),
+            "audit entries arrive in log order"
+        );
+        self.audit.push_back(entry);
+        while self.audit.len() > super::limits::AUDIT_ENTRIES_MAX {
+            self.audit.pop_front();
+        }
     }
 }

@@ -1253,3 +1253,269 @@ fn applying_one_command_does_not_purge() {
     assert_eq!(purge_expired(&mut ledger, LedgerTime(5_000), PURGE_PER_ENTRY_MAX), 1);
     assert!(!ledger.records.contains_key(&key("a")));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Operator commands: forget, force-release, the audit trail
+
+fn operator_command(name: &str, reason: &str, operator: &str) -> OperatorCommand {
+    OperatorCommand { key: key(name), reason: reason.to_string(), operator: operator.to_string() }
+}
+
+fn forget(name: &str) -> Command {
+    Command::Forget(operator_command(name, "poison message", "alice"))
+}
+
+fn force_release(name: &str) -> Command {
+    Command::ForceRelease(operator_command(name, "worker host lost", "bob"))
+}
+
+fn expect_forgotten(result: CommandResult) -> AuditEntry {
+    match result {
+        Ok(Answer::Forgotten(ack)) => ack.audit,
+        other => panic!("expected FORGOTTEN, got {other:?}"),
+    }
+}
+
+fn expect_force_released(result: CommandResult) -> AuditEntry {
+    match result {
+        Ok(Answer::ForceReleased(ack)) => ack.audit,
+        other => panic!("expected FORCE_RELEASED, got {other:?}"),
+    }
+}
+
+/// `name` in each of the three states, claimed at index 1 (time 0) and, for COMPLETED and
+/// AVAILABLE, ended at index 2 (time 100).
+fn ledgers_in_each_state(name: &str) -> Vec<(&'static str, MemoryLedger, FencingToken)> {
+    let (claimed, token) = ledger_with_claim(name, "w");
+    let mut completed = claimed.clone();
+    expect_complete_ack(apply_one(&mut completed, 2, 100, complete(name, token, succeeded(b"ok"))));
+    let mut available = claimed.clone();
+    expect_release_ack(apply_one(&mut available, 2, 100, release(name, token, ReleaseReason::Retryable, b"")));
+    vec![("CLAIMED", claimed, token), ("COMPLETED", completed, token), ("AVAILABLE", available, token)]
+}
+
+#[test]
+fn forget_of_each_state_removes_the_record_and_the_next_claim_starts_afresh_with_a_larger_token() {
+    for (state, mut ledger, old_token) in ledgers_in_each_state("a") {
+        let before = ledger.records[&key("a")].clone();
+        assert_eq!(before.state_name(), state);
+        let audit = expect_forgotten(apply_one(&mut ledger, 5, 200, forget("a")));
+        assert_eq!(
+            audit,
+            AuditEntry {
+                log_index: 5,
+                slot: 0,
+                at: LedgerTime(200),
+                action: OperatorAction::Forget,
+                key: key("a"),
+                reason: "poison message".to_string(),
+                operator: "alice".to_string(),
+                previous: before,
+            }
+        );
+        assert!(!ledger.records.contains_key(&key("a")), "{state}: the record is gone");
+        assert_deadlines_in_step(&ledger);
+        assert_eq!(ledger.purge_horizon(NS), LedgerTime(0), "{state}: a forget is not a purge");
+        assert_eq!(ledger.audit.iter().collect::<Vec<_>>(), vec![&audit]);
+
+        let granted = expect_claimed(apply_one(&mut ledger, 6, 300, Command::Claim(claim("a", "w2", 1000))));
+        assert!(granted.token > old_token, "{state}: {} after {old_token}", granted.token);
+        assert_eq!((granted.attempt, granted.previous), (1, None), "{state}: the claim starts afresh");
+        // The forgotten claim's token is fenced by the new one.
+        let rejection =
+            assert_rejected_unchanged(&mut ledger, 7, complete("a", old_token, succeeded(b"late")), "FENCED");
+        assert_eq!(rejection.record().map(|r| r.token), Some(granted.token));
+    }
+}
+
+#[test]
+fn a_forgotten_live_claim_is_not_claimed_for_its_holder_until_the_key_is_claimed_again() {
+    let (mut ledger, token) = ledger_with_claim("a", "w");
+    expect_forgotten(apply_one(&mut ledger, 2, 10, forget("a")));
+    let rejection = assert_rejected_unchanged(&mut ledger, 3, complete("a", token, succeeded(b"x")), "NOT_CLAIMED");
+    assert!(rejection.record().is_none());
+    assert_rejected_unchanged(&mut ledger, 4, extend("a", token, 1_000, None), "NOT_CLAIMED");
+    assert_rejected_unchanged(&mut ledger, 5, release("a", token, ReleaseReason::Retryable, b""), "NOT_CLAIMED");
+}
+
+#[test]
+fn a_forgotten_record_is_never_purged_later_and_its_deadline_leaves_the_index() {
+    let (mut ledger, _) = ledger_with_completed("a");
+    expect_forgotten(apply_one(&mut ledger, 3, 200, forget("a")));
+    assert!(ledger.deadlines.is_empty());
+    apply_one(&mut ledger, 4, 5_000, Command::Claim(claim("b", "w", 1000))).unwrap();
+    assert_eq!(ledger.purge_horizon(NS), LedgerTime(0));
+}
+
+#[test]
+fn force_release_makes_a_claimed_record_available_as_an_effect_unknown_release_would() {
+    let (mut ledger, token) = ledger_with_claim("a", "w");
+    apply_one(&mut ledger, 2, 50, extend("a", token, 1_000, Some(b"cp"))).unwrap();
+    let before = ledger.records[&key("a")].clone();
+    let audit = expect_force_released(apply_one(&mut ledger, 3, 100, force_release("a")));
+    assert_eq!(
+        (audit.action, audit.log_index, audit.slot, audit.at),
+        (OperatorAction::ForceRelease, 3, 0, LedgerTime(100))
+    );
+    assert_eq!((audit.reason.as_str(), audit.operator.as_str()), ("worker host lost", "bob"));
+    assert_eq!(audit.previous, before);
+
+    // The same record a release with effect unknown makes, but saying an operator ended it.
+    let (mut released, released_token) = ledger_with_claim("a", "w");
+    apply_one(&mut released, 2, 50, extend("a", released_token, 1_000, Some(b"cp"))).unwrap();
+    let effect_unknown = release("a", released_token, ReleaseReason::EffectUnknown, b"");
+    expect_release_ack(apply_one(&mut released, 3, 100, effect_unknown));
+    let mut expected = released.records[&key("a")].clone();
+    expected.previous.as_mut().unwrap().ended = PreviousEnd::ForceReleased;
+    assert_eq!(ledger.records[&key("a")], expected);
+    assert_eq!(
+        record_state(&ledger, "a"),
+        RecordState::Available { released_at: LedgerTime(100), retained_until: LedgerTime(100 + RETENTION_MS_DEFAULT) }
+    );
+    assert_deadlines_in_step(&ledger);
+
+    // The next claimant is told, with the claim's checkpoint.
+    let granted = expect_claimed(apply_one(&mut ledger, 4, 200, Command::Claim(claim("a", "w2", 1000))));
+    assert_eq!(granted.attempt, 2);
+    assert_eq!(
+        granted.previous,
+        Some(PreviousAttempt {
+            ended: PreviousEnd::ForceReleased,
+            owner: "w".to_string(),
+            token,
+            attempt: 1,
+            checkpoint: b"cp".to_vec(),
+        })
+    );
+}
+
+#[test]
+fn after_a_force_release_the_old_token_is_refused_as_after_any_release() {
+    let (mut ledger, token) = ledger_with_claim("a", "w");
+    expect_force_released(apply_one(&mut ledger, 2, 10, force_release("a")));
+    // Before anyone claims again: the key is not claimed by that token.
+    assert_rejected_unchanged(&mut ledger, 3, complete("a", token, succeeded(b"x")), "NOT_CLAIMED");
+    assert_rejected_unchanged(&mut ledger, 4, extend("a", token, 1_000, None), "NOT_CLAIMED");
+    // Its own release finds the claim already released.
+    assert!(
+        expect_release_ack(apply_one(&mut ledger, 5, 20, release("a", token, ReleaseReason::Retryable, b""))).replayed
+    );
+    // Once the key is claimed again, the old token is fenced.
+    let granted = expect_claimed(apply_one(&mut ledger, 6, 30, Command::Claim(claim("a", "w2", 1000))));
+    let rejection = assert_rejected_unchanged(&mut ledger, 7, complete("a", token, succeeded(b"x")), "FENCED");
+    assert_eq!(rejection.record().map(|r| r.token), Some(granted.token));
+    expect_complete_ack(apply_one(&mut ledger, 8, 40, complete("a", granted.token, succeeded(b"ok"))));
+}
+
+#[test]
+fn force_release_of_a_lapsed_claim_is_accepted() {
+    let (mut ledger, _) = ledger_with_claim("a", "w");
+    expect_force_released(apply_one(&mut ledger, 2, 5_000, force_release("a")));
+    assert!(matches!(record_state(&ledger, "a"), RecordState::Available { .. }));
+}
+
+#[test]
+fn force_release_of_a_completed_or_available_record_is_not_claimed_and_points_to_forget() {
+    for (state, mut ledger, _) in ledgers_in_each_state("a").into_iter().skip(1) {
+        let rejection = assert_rejected_unchanged(&mut ledger, 5, force_release("a"), "NOT_CLAIMED");
+        assert!(matches!(rejection, Rejection::NotForceReleasable { .. }), "{rejection:?}");
+        assert_eq!(rejection.record().map(Record::state_name), Some(state));
+        let message = rejection.to_string();
+        assert!(message.contains(state) && message.contains("key forget"), "{message}");
+        assert!(ledger.audit.is_empty(), "a rejected command leaves no audit entry");
+    }
+}
+
+#[test]
+fn operator_commands_on_a_key_without_a_record_are_no_record() {
+    let mut ledger = MemoryLedger::default();
+    for command in [forget("a"), force_release("a")] {
+        let rejection = assert_rejected_unchanged(&mut ledger, 1, command, "NO_RECORD");
+        assert_eq!(rejection, Rejection::NoRecord);
+        assert!(rejection.record().is_none());
+    }
+    assert!(ledger.audit.is_empty());
+}
+
+#[test]
+fn limit_operator_reason_and_operator() {
+    let (mut ledger, _) = ledger_with_claim("a", "w");
+    let with = |reason: &str, operator: &str| Command::Forget(operator_command("a", reason, operator));
+    assert_limit(&mut ledger, 2, with("", "alice"), "REASON_EMPTY");
+    let too_long = "r".repeat(AUDIT_REASON_BYTES_MAX + 1);
+    assert_limit(&mut ledger, 3, with(&too_long, "alice"), "REASON_TOO_LONG");
+    let violation = validate_command(&with(&too_long, "alice")).unwrap_err();
+    assert!(violation.message.contains(&too_long.len().to_string()), "{}", violation.message);
+    assert!(violation.message.contains("AUDIT_REASON_BYTES_MAX"), "{}", violation.message);
+    assert_limit(&mut ledger, 4, with("why", &"o".repeat(OWNER_BYTES_MAX + 1)), "OPERATOR_TOO_LONG");
+    let force = Command::ForceRelease(operator_command("a", "", "alice"));
+    assert_limit(&mut ledger, 5, force, "REASON_EMPTY");
+    let bad_key =
+        Command::Forget(OperatorCommand { key: RecordKey::new("bad ns", "a"), ..operator_command("a", "why", "") });
+    assert_limit(&mut ledger, 6, bad_key, "NAMESPACE_INVALID");
+    // At the limits, and with no operator named, the command is accepted.
+    let at_limits = "r".repeat(AUDIT_REASON_BYTES_MAX);
+    expect_force_released(apply_one(&mut ledger, 7, 0, Command::ForceRelease(operator_command("a", &at_limits, ""))));
+    expect_forgotten(apply_one(&mut ledger, 8, 0, with("why", &"o".repeat(OWNER_BYTES_MAX))));
+}
+
+#[test]
+fn the_audit_trail_keeps_the_newest_audit_entries_max_in_log_order() {
+    let mut ledger = MemoryLedger::default();
+    let appended = AUDIT_ENTRIES_MAX + 10;
+    // One key claimed and force-released over and over: one audit entry per pair.
+    let commands: Vec<Command> = (0..super::limits::ENTRY_COMMANDS_MAX / 2)
+        .flat_map(|_| [Command::Claim(claim("a", "w", 1000)), force_release("a")])
+        .collect();
+    let mut log_index = 0;
+    while ledger.audit.len() < AUDIT_ENTRIES_MAX || ledger.audit.front().unwrap().log_index == 1 {
+        log_index += 1;
+        let results = apply_entry(&mut ledger, log_index, LedgerTime(log_index), &commands);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+    let total = log_index as usize * commands.len() / 2;
+    assert!(total >= appended);
+    assert_eq!(ledger.audit.len(), AUDIT_ENTRIES_MAX);
+    // The oldest went: the trail is the last AUDIT_ENTRIES_MAX force-releases, in log order.
+    let positions: Vec<(u64, u16)> = ledger.audit.iter().map(|e| (e.log_index, e.slot)).collect();
+    let all: Vec<(u64, u16)> =
+        (1..=log_index).flat_map(|i| (0..commands.len() as u16 / 2).map(move |p| (i, 2 * p + 1))).collect();
+    assert_eq!(positions, all[all.len() - AUDIT_ENTRIES_MAX..]);
+}
+
+#[test]
+fn operator_commands_keep_their_enum_positions_after_the_older_variants() {
+    // postcard encodes an enum variant by its position (after the codec's version byte): entries
+    // written before these variants existed must decode unchanged, so the new ones come last.
+    let variant = |bytes: Vec<u8>| bytes[1];
+    assert_eq!(variant(crate::codec::encode(&forget("a")).unwrap()), 4);
+    assert_eq!(variant(crate::codec::encode(&force_release("a")).unwrap()), 5);
+    assert_eq!(variant(crate::codec::encode(&PreviousEnd::ForceReleased).unwrap()), 2);
+    let ack = OperatorAck {
+        audit: AuditEntry {
+            log_index: 1,
+            slot: 0,
+            at: LedgerTime(0),
+            action: OperatorAction::Forget,
+            key: key("a"),
+            reason: "r".to_string(),
+            operator: String::new(),
+            previous: ledger_with_claim("a", "w").0.records[&key("a")].clone(),
+        },
+    };
+    assert_eq!(variant(crate::codec::encode(&Answer::Forgotten(ack.clone())).unwrap()), 4);
+    assert_eq!(variant(crate::codec::encode(&Answer::ForceReleased(ack)).unwrap()), 5);
+}
+
+#[test]
+fn an_audit_entry_keeps_at_most_a_kibibyte_of_the_outcome_it_replaced() {
+    let (mut ledger, token) = ledger_with_claim("a", "w");
+    let big = vec![7u8; 3 * super::limits::AUDIT_RECORD_BYTES_KEPT];
+    apply_one(&mut ledger, 2, 10, complete("a", token, succeeded(&big))).expect("completed");
+    let audit = expect_forgotten(apply_one(&mut ledger, 3, 20, forget("a")));
+    let RecordState::Completed { outcome, .. } = &audit.previous.state else {
+        panic!("the audit keeps the COMPLETED record: {:?}", audit.previous)
+    };
+    assert_eq!(outcome.payload, big[..super::limits::AUDIT_RECORD_BYTES_KEPT].to_vec());
+    assert_eq!(audit.previous.token, token, "everything but the bulk is kept");
+}

@@ -41,6 +41,24 @@ pub const ENTRY_COMMANDS_MAX: usize = 256;
 pub const ENTRY_BYTES_MAX: usize = 96 * 1024;
 /// Encoded size of one client gRPC message, request or response.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 256 * 1024;
+/// Length in bytes of an operator command's reason (at least one byte: every override says why).
+/// An operator command's `operator` is bounded by OWNER_BYTES_MAX.
+pub const AUDIT_REASON_BYTES_MAX: usize = 256;
+/// Entries the audit trail of operator commands keeps; applying one more drops the oldest (the
+/// smallest log position), the same one on every replica. An entry holds the record it
+/// replaced, with its outcome payload and checkpoints cut to AUDIT_RECORD_BYTES_KEPT, so the
+/// whole trail stays within about 10,000 x 3.5 KiB = 35 MiB.
+pub const AUDIT_ENTRIES_MAX: usize = 10_000;
+/// Bytes of an outcome payload or checkpoint an audit entry keeps of the record it replaced.
+pub const AUDIT_RECORD_BYTES_KEPT: usize = 1024;
+/// Audit entries one read returns at most.
+pub const AUDIT_PAGE_MAX: usize = 1000;
+/// Records one key listing returns at most.
+pub const KEY_LIST_PAGE_MAX: usize = 1000;
+/// Records a key listing examines per record it may return: a listing filtered by state stops
+/// after `KEY_LIST_SCAN_FACTOR * limit` records even if its page is not full, and tells the
+/// caller where to go on, so that one call's work stays bounded however rare the state is.
+pub const KEY_LIST_SCAN_FACTOR: usize = 64;
 
 /// Upper bound of one command's encoded size: every field at its limit plus framing.
 pub const COMMAND_BYTES_MAX: usize = NAMESPACE_BYTES_MAX
@@ -54,6 +72,8 @@ pub const COMMAND_BYTES_MAX: usize = NAMESPACE_BYTES_MAX
 
 // A command at its limits must fit into one entry, and an entry into one gRPC message.
 const _: () = assert!(COMMAND_BYTES_MAX <= ENTRY_BYTES_MAX);
+const _: () =
+    assert!(NAMESPACE_BYTES_MAX + KEY_BYTES_MAX + AUDIT_REASON_BYTES_MAX + OWNER_BYTES_MAX + 256 <= COMMAND_BYTES_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX < 128 * 1024);
 const _: () = assert!(ENTRY_BYTES_MAX < GRPC_MESSAGE_BYTES_MAX);
 // Fencing tokens pack the command's slot in its entry into 16 bits.

@@ -105,6 +105,9 @@ pub enum ReleaseReason {
 pub enum PreviousEnd {
     LeaseLapsed,
     Released(ReleaseReason),
+    /// An operator force-released the claim (`key force-release`): the action may have taken
+    /// effect, as with [`ReleaseReason::EffectUnknown`]; the next claimant must reconcile first.
+    ForceReleased,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -172,6 +175,30 @@ impl Record {
             RecordState::Available { .. } => "AVAILABLE",
         }
     }
+
+    /// Which of the three states the record is in, without its fields.
+    pub fn state_kind(&self) -> RecordStateFilter {
+        match self.state {
+            RecordState::Claimed { .. } => RecordStateFilter::Claimed,
+            RecordState::Completed { .. } => RecordStateFilter::Completed,
+            RecordState::Available { .. } => RecordStateFilter::Available,
+        }
+    }
+}
+
+/// One of the three record states, without their fields: a filter for listings and the key of
+/// per-state counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RecordStateFilter {
+    Claimed,
+    Completed,
+    Available,
+}
+
+impl RecordStateFilter {
+    pub fn matches(self, record: &Record) -> bool {
+        record.state_kind() == self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,13 +237,34 @@ pub struct ExtendLeaseCommand {
     pub checkpoint: Option<Vec<u8>>,
 }
 
+/// An operator's override of one record (`dedupctl key forget` / `key force-release`). It
+/// names no token: it acts on whatever record the key holds when it is applied, and leaves an
+/// [`AuditEntry`] saying who did it, why, and what the record was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorCommand {
+    pub key: RecordKey,
+    /// Why, for the audit trail: 1..=AUDIT_REASON_BYTES_MAX bytes.
+    pub reason: String,
+    /// Who, for the audit trail: free text, at most OWNER_BYTES_MAX bytes (may be empty).
+    pub operator: String,
+}
+
 /// A state change asked of the ledger. Carried in Raft entries; applied by [`super::apply`].
+///
+/// Variants are only ever appended: the log encodes them by position (postcard), so an entry
+/// written by an older build must decode to the same command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Claim(ClaimCommand),
     Complete(CompleteCommand),
     Release(ReleaseCommand),
     ExtendLease(ExtendLeaseCommand),
+    /// Removes the record whatever its state, so that the next claim starts afresh (attempt 1).
+    /// Its tokens stay fenced: the next grant's token is a later log position.
+    Forget(OperatorCommand),
+    /// Turns a CLAIMED record into AVAILABLE as a release with effect unknown would, with
+    /// `previous.ended` = [`PreviousEnd::ForceReleased`].
+    ForceRelease(OperatorCommand),
 }
 
 impl Command {
@@ -226,8 +274,50 @@ impl Command {
             Command::Complete(c) => &c.key,
             Command::Release(c) => &c.key,
             Command::ExtendLease(c) => &c.key,
+            Command::Forget(c) | Command::ForceRelease(c) => &c.key,
         }
     }
+}
+
+/// What an operator command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OperatorAction {
+    Forget,
+    ForceRelease,
+}
+
+impl OperatorAction {
+    /// The stable name shown to operators and scripts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OperatorAction::Forget => "FORGET",
+            OperatorAction::ForceRelease => "FORCE_RELEASE",
+        }
+    }
+}
+
+/// One applied operator command, kept in the ledger's audit trail (the newest
+/// AUDIT_ENTRIES_MAX of them). `(log_index, slot)` is the command's log position: unique, and
+/// the trail's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub log_index: u64,
+    pub slot: u16,
+    /// Ledger time the command was applied at.
+    pub at: LedgerTime,
+    pub action: OperatorAction,
+    pub key: RecordKey,
+    pub reason: String,
+    pub operator: String,
+    /// The record as it was before the command (outcome payload and checkpoints cut to
+    /// AUDIT_RECORD_BYTES_KEPT bytes each).
+    pub previous: Record,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorAck {
+    /// The entry the command added to the audit trail.
+    pub audit: AuditEntry,
 }
 
 /// The answer to a claim: exactly one of three.
@@ -273,12 +363,15 @@ pub struct ExtendAck {
     pub lease_deadline: LeaseDeadline,
 }
 
+/// Variants are only ever appended (postcard encodes them by position).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
     Claim(ClaimOutcome),
     Complete(CompleteAck),
     Release(ReleaseAck),
     ExtendLease(ExtendAck),
+    Forgotten(OperatorAck),
+    ForceReleased(OperatorAck),
 }
 
 /// A request outside a named limit. `reason` is the stable string clients match on.
@@ -304,6 +397,13 @@ pub enum Rejection {
     LeaseLapsed { given: FencingToken, record: Box<Record> },
     #[error("OUTCOME_IMMUTABLE: the key is completed with a different outcome")]
     OutcomeImmutable { record: Box<Record> },
+    #[error("NO_RECORD: the key has no record")]
+    NoRecord,
+    #[error(
+        "NOT_CLAIMED: force-release applies only to a CLAIMED record; this one is {}; `key forget` removes a record in any state",
+        record.state_name()
+    )]
+    NotForceReleasable { record: Box<Record> },
 }
 
 impl Rejection {
@@ -316,17 +416,20 @@ impl Rejection {
             Rejection::NotClaimed { .. } => "NOT_CLAIMED",
             Rejection::LeaseLapsed { .. } => "LEASE_LAPSED",
             Rejection::OutcomeImmutable { .. } => "OUTCOME_IMMUTABLE",
+            Rejection::NoRecord => "NO_RECORD",
+            Rejection::NotForceReleasable { .. } => "NOT_CLAIMED",
         }
     }
 
     /// The record the rejection is about, where there is one.
     pub fn record(&self) -> Option<&Record> {
         match self {
-            Rejection::Invalid(_) => None,
+            Rejection::Invalid(_) | Rejection::NoRecord => None,
             Rejection::FingerprintMismatch { record }
             | Rejection::Fenced { record, .. }
             | Rejection::LeaseLapsed { record, .. }
-            | Rejection::OutcomeImmutable { record } => Some(record),
+            | Rejection::OutcomeImmutable { record }
+            | Rejection::NotForceReleasable { record } => Some(record),
             Rejection::NotClaimed { record, .. } => record.as_deref(),
         }
     }

@@ -8,21 +8,7 @@ fn violation(reason: &str, message: String) -> LimitViolation {
 }
 
 pub fn validate_key(key: &RecordKey) -> Result<(), LimitViolation> {
-    let namespace_len = key.namespace.len();
-    if namespace_len == 0 || namespace_len > NAMESPACE_BYTES_MAX {
-        return Err(violation(
-            "NAMESPACE_INVALID",
-            format!(
-                "namespace is {namespace_len} bytes; it must be 1..={NAMESPACE_BYTES_MAX} bytes (NAMESPACE_BYTES_MAX)"
-            ),
-        ));
-    }
-    if let Some(bad) = key.namespace.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(violation(
-            "NAMESPACE_INVALID",
-            format!("namespace contains {bad:?}; only [A-Za-z0-9._-] is allowed"),
-        ));
-    }
+    validate_namespace(&key.namespace)?;
     let key_len = key.key.len();
     if key_len == 0 {
         return Err(violation("KEY_EMPTY", "key is empty; it must be 1..=512 bytes (KEY_BYTES_MAX)".to_string()));
@@ -31,6 +17,26 @@ pub fn validate_key(key: &RecordKey) -> Result<(), LimitViolation> {
         return Err(violation(
             "KEY_TOO_LONG",
             format!("key is {key_len} bytes; the limit is {KEY_BYTES_MAX} bytes (KEY_BYTES_MAX)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a namespace: 1..=NAMESPACE_BYTES_MAX bytes of `[A-Za-z0-9._-]`.
+pub fn validate_namespace(namespace: &str) -> Result<(), LimitViolation> {
+    let namespace_len = namespace.len();
+    if namespace_len == 0 || namespace_len > NAMESPACE_BYTES_MAX {
+        return Err(violation(
+            "NAMESPACE_INVALID",
+            format!(
+                "namespace is {namespace_len} bytes; it must be 1..={NAMESPACE_BYTES_MAX} bytes (NAMESPACE_BYTES_MAX)"
+            ),
+        ));
+    }
+    if let Some(bad) = namespace.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(violation(
+            "NAMESPACE_INVALID",
+            format!("namespace contains {bad:?}; only [A-Za-z0-9._-] is allowed"),
         ));
     }
     Ok(())
@@ -137,7 +143,40 @@ pub fn validate_command(command: &Command) -> Result<(), LimitViolation> {
                 "CHECKPOINT_BYTES_MAX",
             )
         }
+        Command::Forget(c) | Command::ForceRelease(c) => validate_operator_command(c),
     }
+}
+
+fn validate_operator_command(command: &OperatorCommand) -> Result<(), LimitViolation> {
+    if command.reason.is_empty() {
+        return Err(violation(
+            "REASON_EMPTY",
+            format!("reason is empty; say why (1..={AUDIT_REASON_BYTES_MAX} bytes, AUDIT_REASON_BYTES_MAX)"),
+        ));
+    }
+    check_len("REASON_TOO_LONG", "reason", command.reason.len(), AUDIT_REASON_BYTES_MAX, "AUDIT_REASON_BYTES_MAX")?;
+    check_len("OPERATOR_TOO_LONG", "operator", command.operator.len(), OWNER_BYTES_MAX, "OWNER_BYTES_MAX")
+}
+
+/// Checks the size of a page asked of a listing: 1..=`max` items.
+fn check_page(reason: &str, field: &str, limit: usize, max: usize, limit_name: &str) -> Result<(), LimitViolation> {
+    if limit == 0 || limit > max {
+        return Err(violation(reason, format!("{field} is {limit}; it must be 1..={max} ({limit_name})")));
+    }
+    Ok(())
+}
+
+/// Checks a key listing: the namespace, the key prefix (at most KEY_BYTES_MAX bytes) and the
+/// page size (1..=KEY_LIST_PAGE_MAX).
+pub fn validate_key_list(namespace: &str, key_prefix: &[u8], limit: usize) -> Result<(), LimitViolation> {
+    validate_namespace(namespace)?;
+    check_len("KEY_TOO_LONG", "key prefix", key_prefix.len(), KEY_BYTES_MAX, "KEY_BYTES_MAX")?;
+    check_page("PAGE_SIZE_OUT_OF_RANGE", "limit", limit, KEY_LIST_PAGE_MAX, "KEY_LIST_PAGE_MAX")
+}
+
+/// Checks the page size of an audit-trail read (1..=AUDIT_PAGE_MAX).
+pub fn validate_audit_page(limit: usize) -> Result<(), LimitViolation> {
+    check_page("PAGE_SIZE_OUT_OF_RANGE", "limit", limit, AUDIT_PAGE_MAX, "AUDIT_PAGE_MAX")
 }
 
 /// Checks a wait request against [`WAIT_MS_MAX`].

@@ -15,6 +15,7 @@ use std::ops::RangeBounds;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::LogFlushed;
 use openraft::storage::LogState;
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use super::engine::Engine;
 use super::engine::Space;
 use crate::codec;
+use crate::metrics;
 use crate::raft_types::*;
 
 const META_VOTE: &[u8] = b"vote";
@@ -35,11 +37,16 @@ const META_LAST_PURGED: &[u8] = b"last_purged";
 /// Log entries removed per engine write while purging: bounds one write's size.
 const PURGE_CHUNK_ENTRIES: usize = 4096;
 
+/// An append waiting for the flush that makes it durable, and when openraft handed it over.
+type FlushRequest = (LogFlushed<TypeConfig>, Instant);
+
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<dyn Engine>,
-    flush_requests: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flush_requests: mpsc::UnboundedSender<FlushRequest>,
     flushes: Arc<AtomicU64>,
+    /// The last committed log index openraft told this store (0: none yet).
+    committed: Arc<AtomicU64>,
 }
 
 fn index_key(index: u64) -> Vec<u8> {
@@ -51,13 +58,31 @@ async fn blocking_io<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + S
     tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
 }
 
+/// One engine flush off the async workers, timed (including the wait for a blocking thread).
+async fn timed_flush(engine: Arc<dyn Engine>) -> io::Result<()> {
+    let started = Instant::now();
+    let result = blocking_io(move || engine.flush()).await;
+    metrics::log().flush.observe(started.elapsed());
+    result
+}
+
 impl LogStore {
     /// Must be called inside a tokio runtime: it starts the flusher task.
     pub fn new(engine: Arc<dyn Engine>) -> LogStore {
         let (flush_requests, pending) = mpsc::unbounded_channel();
         let flushes = Arc::new(AtomicU64::new(0));
         tokio::spawn(run_flusher(engine.clone(), pending, flushes.clone()));
-        LogStore { engine, flush_requests, flushes }
+        LogStore { engine, flush_requests, flushes, committed: Arc::default() }
+    }
+
+    /// The storage engine under this store (shared with the state machine), for a final flush.
+    pub fn engine(&self) -> Arc<dyn Engine> {
+        self.engine.clone()
+    }
+
+    /// The last committed log index this node knows (openraft's `save_committed`), for status.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     /// Flushes this store has made since it opened (appends, votes, truncations, purges).
@@ -78,9 +103,8 @@ impl LogStore {
     }
 
     async fn flush(&self) -> io::Result<()> {
-        let engine = self.engine.clone();
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        blocking_io(move || engine.flush()).await
+        timed_flush(self.engine.clone()).await
     }
 
     fn entries_in(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> io::Result<Vec<Entry>> {
@@ -107,7 +131,7 @@ impl LogStore {
 /// Completes append callbacks in groups: one flush for every append queued before it started.
 async fn run_flusher(
     engine: Arc<dyn Engine>,
-    mut pending: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+    mut pending: mpsc::UnboundedReceiver<FlushRequest>,
     flushes: Arc<AtomicU64>,
 ) {
     while let Some(first) = pending.recv().await {
@@ -115,18 +139,18 @@ async fn run_flusher(
         while let Ok(next) = pending.try_recv() {
             group.push(next);
         }
-        let engine = engine.clone();
         flushes.fetch_add(1, Ordering::Relaxed);
-        let result = blocking_io(move || engine.flush()).await;
+        let result = timed_flush(engine.clone()).await;
         if let Err(error) = &result {
             tracing::error!(%error, "flushing the Raft log failed; the node stops (fail-stop)");
         }
-        for callback in group {
+        for (callback, appended) in group {
             let outcome = match &result {
                 Ok(()) => Ok(()),
                 Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
             };
             callback.log_io_completed(outcome);
+            metrics::log().append.observe(appended.elapsed());
         }
     }
 }
@@ -180,12 +204,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // No flush: losing it only means re-committing on restart; it rides on the next flush.
+        self.committed.store(committed.map_or(0, |id| id.index), Ordering::Relaxed);
         self.write_meta(META_COMMITTED, &committed).map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let committed: Option<Option<LogId>> = self.read_meta(META_COMMITTED).map_err(|e| StorageIOError::read(&e))?;
-        Ok(committed.flatten())
+        let committed = committed.flatten();
+        self.committed.fetch_max(committed.map_or(0, |id| id.index), Ordering::Relaxed);
+        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -193,6 +220,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let appended = Instant::now();
         let mut batch = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
@@ -205,11 +233,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         if crate::bug_zoo::active(crate::bug_zoo::Bug::AckBeforeFlush) {
             callback.log_io_completed(Ok(()));
+            metrics::log().append.observe(appended.elapsed());
             return Ok(());
         }
         // Readable now; durable once the flusher's next flush finishes.
-        if let Err(returned) = self.flush_requests.send(callback) {
-            returned.0.log_io_completed(Err(io::Error::other("the log flusher stopped")));
+        if let Err(returned) = self.flush_requests.send((callback, appended)) {
+            let (callback, _) = returned.0;
+            callback.log_io_completed(Err(io::Error::other("the log flusher stopped")));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! invite sled's global-lock deadlocks).
 
 mod engine;
+mod inspect;
 mod log;
 mod state_machine;
 
@@ -13,14 +14,21 @@ use std::sync::Arc;
 pub use engine::Engine;
 pub use engine::SledEngine;
 pub use engine::Space;
+pub use inspect::NamespaceStats;
+pub use inspect::RecordPage;
+pub use inspect::StateDigest;
 pub use log::LogStore;
 pub use state_machine::record_storage_key;
 pub use state_machine::AppliedState;
 pub use state_machine::ApplyObserver;
 pub use state_machine::LedgerReader;
+pub use state_machine::NamespaceCounts;
 pub use state_machine::ReadError;
 pub use state_machine::SnapshotBuilder;
 pub use state_machine::StateMachineStore;
+
+/// Re-exported for listings: [`LedgerReader::list_records`] filters by it.
+pub use crate::ledger::RecordStateFilter;
 
 /// Opens the node's storage under `data_dir` (`sled/` and `snapshot/`). Must be called inside a
 /// tokio runtime (the log store starts its flusher task).
@@ -44,6 +52,8 @@ pub fn open_with_engine(
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod inspect_tests;
 #[cfg(test)]
 mod sled_model_tests;
 #[cfg(test)]

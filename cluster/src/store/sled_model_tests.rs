@@ -5,9 +5,10 @@
 //! database and, entry by entry, to a `MemoryLedger` through `apply_entry`. Retention is short
 //! (1-3 s) against the clock steps, so records are purged inside one apply call (a key completed
 //! in one entry and expiring in a later entry of the same call) and across calls, and bursts of
-//! records sharing one deadline exceed the purge limit per entry. After every call the answers,
-//! the applied index and ledger time, every record ever named, the purge horizons and the
-//! on-disk deadline index must match the reference.
+//! records sharing one deadline exceed the purge limit per entry. Operators forget and
+//! force-release keys now and then. After every call the answers, the applied index and ledger
+//! time, every record ever named, the purge horizons, the on-disk deadline index and the audit
+//! trail must match the reference, and the record counts must equal a full scan of the records.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -54,6 +55,8 @@ enum Op {
     Complete { ns: usize, key: usize, token: TokenPick, outcome: usize, retention_ms: Option<u64> },
     Release { ns: usize, key: usize, token: TokenPick },
     Extend { ns: usize, key: usize, token: TokenPick, lease_ms: u64 },
+    Forget { ns: usize, key: usize },
+    ForceRelease { ns: usize, key: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -101,12 +104,14 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             |(ns, key, token, outcome, retention_ms)| Op::Complete { ns, key, token, outcome, retention_ms }
         ),
         2 => (ns.clone(), key.clone(), token_strategy()).prop_map(|(ns, key, token)| Op::Release { ns, key, token }),
-        1 => (ns, key, token_strategy(), lease).prop_map(|(ns, key, token, lease_ms)| Op::Extend {
+        1 => (ns.clone(), key.clone(), token_strategy(), lease).prop_map(|(ns, key, token, lease_ms)| Op::Extend {
             ns,
             key,
             token,
             lease_ms
         }),
+        1 => (ns.clone(), key.clone()).prop_map(|(ns, key)| Op::Forget { ns, key }),
+        1 => (ns, key).prop_map(|(ns, key)| Op::ForceRelease { ns, key }),
     ]
 }
 
@@ -220,6 +225,11 @@ impl Reference {
             let results = apply_entry(&mut self.memory, entry.log_id.index, ledger_entry.time, &ledger_entry.commands);
             for (command, result) in ledger_entry.commands.iter().zip(&results) {
                 self.keys.insert(command.key().clone());
+                match result {
+                    Ok(Answer::Forgotten(_)) => self.count("forgotten", 1),
+                    Ok(Answer::ForceReleased(_)) => self.count("force-released", 1),
+                    _ => {}
+                }
                 let afresh = matches!(
                     result,
                     Ok(Answer::Claim(ClaimOutcome::Claimed { attempt: 1, previous: None, reentrant: false, .. }))
@@ -271,6 +281,46 @@ fn compare(sled: &Sled, reference: &Reference, last_index: u64) -> Result<(), Te
     let expected: BTreeSet<Vec<u8>> =
         memory.deadlines.iter().map(|(deadline, key)| index_key(*deadline, key)).collect();
     prop_assert_eq!(on_disk, expected, "deadline index after index {}", last_index);
+
+    // The counts kept by the applies equal a full scan of the records, and the reference's.
+    let mut scanned: BTreeMap<String, NamespaceCounts> = BTreeMap::new();
+    let records = sled
+        .engine
+        .scan(Space::Ledger, Bound::Included(vec![b'r']), Bound::Excluded(vec![b'r' + 1]), usize::MAX)
+        .expect("scan the records");
+    for (storage_key, bytes) in &records {
+        let namespace_len = usize::from(storage_key[1]);
+        let namespace = String::from_utf8(storage_key[2..2 + namespace_len].to_vec()).expect("a namespace");
+        let record: Record = crate::codec::decode(bytes).expect("a record");
+        scanned.entry(namespace).or_default().add(record.state_kind(), bytes.len() as u64);
+    }
+    let mut from_reference: BTreeMap<String, NamespaceCounts> = BTreeMap::new();
+    for (key, record) in &memory.records {
+        let bytes = crate::codec::encode(record).expect("encode a record").len() as u64;
+        from_reference.entry(key.namespace.clone()).or_default().add(record.state_kind(), bytes);
+    }
+    prop_assert_eq!(&scanned, &from_reference, "records after index {}", last_index);
+    let mut total = NamespaceCounts::default();
+    for namespace in NAMESPACES {
+        let counts = scanned.get(namespace).copied().unwrap_or_default();
+        prop_assert_eq!(reader.namespace_counts(namespace).expect("read counts"), counts, "counts of {}", namespace);
+        total.claimed += counts.claimed;
+        total.completed += counts.completed;
+        total.available += counts.available;
+        total.record_bytes += counts.record_bytes;
+    }
+    prop_assert_eq!(reader.total_counts().expect("read the total"), total, "total counts after {}", last_index);
+
+    // The audit trail, read in pages, is the reference's.
+    let mut trail = Vec::new();
+    let mut after = None;
+    loop {
+        let page = reader.audit(after, 3).expect("read the audit trail");
+        let Some(last) = page.last() else { break };
+        after = Some((last.log_index, last.slot));
+        trail.extend(page);
+    }
+    prop_assert!(trail.iter().eq(memory.audit.iter()), "audit trail after index {}", last_index);
     Ok(())
 }
 
@@ -324,6 +374,16 @@ fn resolve(op: &Op, index: u64, earlier: &[Command], memory: &MemoryLedger) -> C
                 checkpoint: None,
             })
         }
+        Op::Forget { ns, key } => Command::Forget(OperatorCommand {
+            key: key_of(*ns, *key),
+            reason: "model".to_string(),
+            operator: "op".to_string(),
+        }),
+        Op::ForceRelease { ns, key } => Command::ForceRelease(OperatorCommand {
+            key: key_of(*ns, *key),
+            reason: "model".to_string(),
+            operator: String::new(),
+        }),
     }
 }
 
@@ -448,6 +508,8 @@ fn generated_runs_purge_within_and_across_apply_calls() {
         "more expired than one entry purges",
         "claim in the entry that purged its key",
         "purged by an entry stamped older",
+        "forgotten",
+        "force-released",
     ];
     let missing: Vec<&str> = wanted.iter().copied().filter(|w| !coverage.contains_key(*w)).collect();
     assert!(missing.is_empty(), "never exercised: {missing:?}\ncoverage: {coverage:#?}");

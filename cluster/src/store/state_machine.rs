@@ -8,11 +8,21 @@
 //! Snapshots are a point-in-time dump of the ledger space, written to a file (never to a sled
 //! value: large values are not synced by sled). The point is fixed between two applies, but the
 //! dump itself runs beside later applies, which keep a [`SnapshotJournal`] of the values they
-//! overwrite, so applies never wait for a dump of the whole ledger.
+//! overwrite, so applies never wait for a dump of the whole ledger. The state digest
+//! ([`LedgerReader::state_digest`]) reads the ledger at a point the same way.
+//!
+//! The ledger space holds, by key prefix (everything in it travels in snapshots and is the same
+//! on every replica that applied the same index):
+//! - `r`: records ([`record_storage_key`]);
+//! - `x`: the index by retention deadline (purge candidates);
+//! - `h/<namespace>`: purge horizons;
+//! - `c/<namespace>`: [`NamespaceCounts`] of the namespace's records; `m/record_counts`: their sum;
+//! - `a`: the audit trail of operator commands, keyed by log index and slot (big-endian);
+//!   `m/audit_count`: how many entries it holds;
+//! - `m/applied`, `m/membership`, `m/ledger_time`: what was applied.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::collections::HashMap;
 use std::io;
 use std::io::Cursor;
 use std::io::Write;
@@ -37,32 +47,111 @@ use super::engine::Space;
 use super::engine::WriteBatch;
 use crate::codec;
 use crate::ledger::apply_entry;
+use crate::ledger::limits::AUDIT_ENTRIES_MAX;
 use crate::ledger::limits::PURGE_PER_ENTRY_MAX;
+use crate::ledger::AuditEntry;
 use crate::ledger::Command;
 use crate::ledger::LedgerState;
 use crate::ledger::LedgerTime;
 use crate::ledger::Record;
 use crate::ledger::RecordKey;
+use crate::ledger::RecordStateFilter;
 use crate::raft_types::*;
 
 /// Prefix of record keys in the ledger space.
-const RECORD_PREFIX: u8 = b'r';
-const META_APPLIED: &[u8] = b"m/applied";
+pub(super) const RECORD_PREFIX: u8 = b'r';
+pub(super) const META_APPLIED: &[u8] = b"m/applied";
 const META_MEMBERSHIP: &[u8] = b"m/membership";
-const META_LEDGER_TIME: &[u8] = b"m/ledger_time";
+pub(super) const META_LEDGER_TIME: &[u8] = b"m/ledger_time";
+/// The sum of every namespace's [`NamespaceCounts`].
+pub(super) const META_TOTAL_COUNTS: &[u8] = b"m/record_counts";
+/// How many entries the audit trail holds (at most AUDIT_ENTRIES_MAX).
+const META_AUDIT_COUNT: &[u8] = b"m/audit_count";
+/// Prefix of the audit trail: `a`, log index (8 bytes), slot (2 bytes), big-endian, so that the
+/// trail lists in log order and its oldest entry comes first.
+pub(super) const AUDIT_PREFIX: u8 = b'a';
 const SNAPSHOT_FILE: &str = "current.snap";
-/// Pairs a snapshot dump reads per engine scan: bounds each read, not the dump.
+/// Pairs a snapshot dump (or a digest) reads per engine scan: bounds each read, not the dump.
 const SNAPSHOT_SCAN_CHUNK: usize = 4096;
 
 /// `RECORD_PREFIX, namespace length, namespace, key`: unambiguous because the namespace length
 /// (at most 64) is explicit.
 pub fn record_storage_key(key: &RecordKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + key.namespace.len() + key.key.len());
-    out.push(RECORD_PREFIX);
-    out.push(u8::try_from(key.namespace.len()).expect("namespace length is validated to at most 64"));
-    out.extend_from_slice(key.namespace.as_bytes());
+    let mut out = namespace_records_prefix(&key.namespace);
     out.extend_from_slice(&key.key);
     out
+}
+
+/// The prefix every record key of `namespace` starts with, and no other.
+pub(super) fn namespace_records_prefix(namespace: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + namespace.len());
+    out.push(RECORD_PREFIX);
+    out.push(u8::try_from(namespace.len()).expect("namespace length is validated to at most 64"));
+    out.extend_from_slice(namespace.as_bytes());
+    out
+}
+
+pub(super) fn audit_storage_key(log_index: u64, slot: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(11);
+    out.push(AUDIT_PREFIX);
+    out.extend_from_slice(&log_index.to_be_bytes());
+    out.extend_from_slice(&slot.to_be_bytes());
+    out
+}
+
+pub(super) fn counts_key(namespace: &str) -> Vec<u8> {
+    let mut out = b"c/".to_vec();
+    out.extend_from_slice(namespace.as_bytes());
+    out
+}
+
+/// Records of one namespace (or of the whole ledger) by state, and the bytes their encoded
+/// values take. Kept by every apply in the ledger space, so it is exact as of the applied index,
+/// the same on every replica, and travels in snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceCounts {
+    pub claimed: u64,
+    pub completed: u64,
+    pub available: u64,
+    /// Encoded bytes of the records' values (not their keys, not the deadline index).
+    pub record_bytes: u64,
+}
+
+impl NamespaceCounts {
+    pub fn records(&self) -> u64 {
+        self.claimed + self.completed + self.available
+    }
+
+    fn of_state(&mut self, state: RecordStateFilter) -> &mut u64 {
+        match state {
+            RecordStateFilter::Claimed => &mut self.claimed,
+            RecordStateFilter::Completed => &mut self.completed,
+            RecordStateFilter::Available => &mut self.available,
+        }
+    }
+
+    /// Counts one stored record in.
+    pub(super) fn add(&mut self, state: RecordStateFilter, bytes: u64) {
+        *self.of_state(state) += 1;
+        self.record_bytes += bytes;
+    }
+
+    /// Counts one stored record out. Counts never go below zero: a count that would is a bug
+    /// (debug builds stop) or a database written before counts were kept (they stay at zero).
+    pub(super) fn remove(&mut self, state: RecordStateFilter, bytes: u64) {
+        let count = self.of_state(state);
+        debug_assert!(*count >= 1, "{state:?} count below zero");
+        *count = count.saturating_sub(1);
+        debug_assert!(self.record_bytes >= bytes, "record bytes below zero");
+        self.record_bytes = self.record_bytes.saturating_sub(bytes);
+    }
+}
+
+pub(super) fn read_counts(engine: &dyn Engine, key: &[u8]) -> io::Result<NamespaceCounts> {
+    match engine.get(Space::Ledger, key)? {
+        Some(bytes) => codec::decode(&bytes).map_err(io::Error::other),
+        None => Ok(NamespaceCounts::default()),
+    }
 }
 
 /// Told about every record an apply wrote, after the write, on the state machine's task.
@@ -134,10 +223,15 @@ pub enum ReadError {
 }
 
 /// A cheap, cloneable read handle on the local state machine for the services.
+///
+/// Its reads are blocking engine reads: call the scanning ones (listings, stats, the digest)
+/// off the async workers.
 #[derive(Clone)]
 pub struct LedgerReader {
-    engine: Arc<dyn Engine>,
-    applied: watch::Receiver<AppliedState>,
+    pub(super) engine: Arc<dyn Engine>,
+    pub(super) applied: watch::Receiver<AppliedState>,
+    /// To pin a point of the ledger for the state digest, as a snapshot does.
+    pub(super) journals: Arc<JournalRegistry>,
 }
 
 impl LedgerReader {
@@ -191,23 +285,72 @@ pub struct StateMachineStore {
     applied: watch::Sender<AppliedState>,
     snapshots_built: u64,
     observer: Option<Arc<dyn ApplyObserver>>,
-    /// Journals of the snapshot dumps still running (a finished or dropped builder drops its
-    /// journal, and it is forgotten at the next write).
-    journals: Vec<Weak<SnapshotJournal>>,
+    /// Journals of the point-in-time reads still running (snapshot dumps, digests).
+    journals: Arc<JournalRegistry>,
 }
 
-/// The values a running snapshot dump must see instead of what the engine holds now: for each
-/// ledger-space key written since the snapshot point, its value at that point (`None`: absent).
-/// Only the first write after the point records a key, so the journal holds at most one entry
-/// per key written during the dump.
+/// The values a running point-in-time read (a snapshot dump, a digest) must see instead of what
+/// the engine holds now: for each ledger-space key written since its point, its value at that
+/// point (`None`: absent). Only the first write after the point records a key, so the journal
+/// holds at most one entry per key written during the read. Ordered, so that a streaming read
+/// can take the journaled keys of each scanned range in turn.
 #[derive(Default)]
 pub struct SnapshotJournal {
-    before: Mutex<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    before: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl SnapshotJournal {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Option<Vec<u8>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
         self.before.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The journals of the point-in-time reads still running, shared by the state machine (which
+/// writes) and its readers (which pin points for digests).
+///
+/// Every ledger-space write happens under this lock, journaling included, and a point is pinned
+/// under it: so a point always falls between two whole writes, and each write is journaled for
+/// every read pinned before it (a finished or dropped read drops its journal, which is
+/// forgotten at the next write).
+#[derive(Default)]
+pub struct JournalRegistry {
+    journals: Mutex<Vec<Weak<SnapshotJournal>>>,
+}
+
+impl JournalRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<SnapshotJournal>>> {
+        self.journals.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fixes a point of the ledger space: the returned journal collects, from now until it is
+    /// dropped, the values later writes replace.
+    pub(super) fn pin(&self) -> Arc<SnapshotJournal> {
+        let journal = Arc::new(SnapshotJournal::default());
+        self.lock().push(Arc::downgrade(&journal));
+        journal
+    }
+
+    /// The one way the ledger space is written: first gives every running point-in-time read
+    /// the values this write replaces (once per key), then writes.
+    pub(super) fn write_ledger(&self, engine: &dyn Engine, write: WriteBatch) -> io::Result<()> {
+        let mut journals = self.lock();
+        journals.retain(|journal| journal.strong_count() > 0);
+        for journal in journals.iter().filter_map(Weak::upgrade) {
+            let mut before = journal.lock();
+            for (key, _) in &write {
+                if !before.contains_key(key) {
+                    before.insert(key.clone(), engine.get(Space::Ledger, key)?);
+                }
+            }
+        }
+        engine.write(Space::Ledger, write)
+    }
+
+    #[cfg(test)]
+    fn running(&self) -> usize {
+        let mut journals = self.lock();
+        journals.retain(|journal| journal.strong_count() > 0);
+        journals.len()
     }
 }
 
@@ -228,15 +371,21 @@ impl StateMachineStore {
         }
         let (applied, _) = watch::channel(AppliedState::default());
         let snapshot_file = SnapshotFile::new(snapshot_dir.join(SNAPSHOT_FILE));
-        let store =
-            StateMachineStore { engine, snapshot_file, applied, snapshots_built: 0, observer, journals: Vec::new() };
+        let store = StateMachineStore {
+            engine,
+            snapshot_file,
+            applied,
+            snapshots_built: 0,
+            observer,
+            journals: Arc::default(),
+        };
         let initial = store.read_applied_state()?;
         store.applied.send_replace(initial);
         Ok(store)
     }
 
     pub fn reader(&self) -> LedgerReader {
-        LedgerReader { engine: self.engine.clone(), applied: self.applied.subscribe() }
+        LedgerReader { engine: self.engine.clone(), applied: self.applied.subscribe(), journals: self.journals.clone() }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -255,21 +404,6 @@ impl StateMachineStore {
     fn snapshot_path(&self) -> &Path {
         &self.snapshot_file.path
     }
-}
-
-/// The one way the ledger space is written: first gives every running snapshot dump the values
-/// this write replaces (once per key), then writes.
-fn write_ledger(engine: &dyn Engine, journals: &mut Vec<Weak<SnapshotJournal>>, write: WriteBatch) -> io::Result<()> {
-    journals.retain(|journal| journal.strong_count() > 0);
-    for journal in journals.iter().filter_map(Weak::upgrade) {
-        let mut before = journal.lock();
-        for (key, _) in &write {
-            if !before.contains_key(key) {
-                before.insert(key.clone(), engine.get(Space::Ledger, key)?);
-            }
-        }
-    }
-    engine.write(Space::Ledger, write)
 }
 
 /// The snapshot file, and the last log id of what it holds. openraft 0.9 builds snapshots in a
@@ -305,23 +439,38 @@ impl SnapshotFile {
     }
 }
 
+/// What the engine holds for one record, as far as the derived state (deadline index, counts)
+/// is concerned.
+#[derive(Debug, Clone, Copy)]
+struct StoredShape {
+    /// The record's key in the deadline index.
+    deadline: Option<LedgerTime>,
+    state: RecordStateFilter,
+    /// Encoded value bytes.
+    bytes: u64,
+}
+
 /// The ledger as one apply call sees it. Everything the pure core may ask about is loaded
 /// before it runs (so storage errors surface here, not inside it): the records an entry's
 /// commands name, the records whose retention ended by the entry's time (from the deadline
 /// index), and their namespaces' purge horizons. Writes stay in memory until the call's one
-/// atomic engine write.
+/// atomic engine write, and so does what the records' changes imply: the deadline index, the
+/// record counts and the audit trail's bound, worked out in [`ApplyBatch::writes`].
 struct ApplyBatch<'a> {
     engine: &'a dyn Engine,
     /// Current records by key (`None`: no record), as of the entries applied so far.
     records: BTreeMap<RecordKey, Option<Record>>,
-    /// The retention deadline each loaded key has in the engine's deadline index.
-    stored_deadlines: BTreeMap<RecordKey, Option<LedgerTime>>,
+    /// What the engine holds for each loaded key (`None`: no record).
+    stored: BTreeMap<RecordKey, Option<StoredShape>>,
     /// Keys written (or removed) by this call.
     written: BTreeSet<RecordKey>,
     /// Index entries read from the engine: candidates for purging.
     expiry_candidates: BTreeSet<(LedgerTime, RecordKey)>,
     horizons: BTreeMap<String, LedgerTime>,
     written_horizons: BTreeSet<String>,
+    /// Audit entries appended by this call, in log order. The trail is cut back to
+    /// AUDIT_ENTRIES_MAX when the call is written: nothing reads it during an apply.
+    audit: Vec<AuditEntry>,
     time: LedgerTime,
 }
 
@@ -330,11 +479,12 @@ impl<'a> ApplyBatch<'a> {
         ApplyBatch {
             engine,
             records: BTreeMap::new(),
-            stored_deadlines: BTreeMap::new(),
+            stored: BTreeMap::new(),
             written: BTreeSet::new(),
             expiry_candidates: BTreeSet::new(),
             horizons: BTreeMap::new(),
             written_horizons: BTreeSet::new(),
+            audit: Vec::new(),
             time,
         }
     }
@@ -343,11 +493,19 @@ impl<'a> ApplyBatch<'a> {
         if self.records.contains_key(key) {
             return Ok(());
         }
-        let stored = match self.engine.get(Space::Ledger, &record_storage_key(key))? {
-            Some(bytes) => Some(codec::decode::<Record>(&bytes).map_err(io::Error::other)?),
-            None => None,
+        let (stored, shape) = match self.engine.get(Space::Ledger, &record_storage_key(key))? {
+            Some(bytes) => {
+                let record = codec::decode::<Record>(&bytes).map_err(io::Error::other)?;
+                let shape = StoredShape {
+                    deadline: record.retained_until(),
+                    state: record.state_kind(),
+                    bytes: bytes.len() as u64,
+                };
+                (Some(record), Some(shape))
+            }
+            None => (None, None),
         };
-        self.stored_deadlines.insert(key.clone(), stored.as_ref().and_then(Record::retained_until));
+        self.stored.insert(key.clone(), shape);
         self.records.insert(key.clone(), stored);
         Ok(())
     }
@@ -387,31 +545,111 @@ impl<'a> ApplyBatch<'a> {
         Ok(())
     }
 
+    /// The call's one engine write: the records it changed, the deadline index and the record
+    /// counts in step with them, its horizons and its audit entries (cut back to
+    /// AUDIT_ENTRIES_MAX). Reads the engine for the counts and the trail, which only applies
+    /// write: every replica reads the same values at the same index.
     fn writes(&self) -> io::Result<WriteBatch> {
         let mut writes = Vec::with_capacity(2 * self.written.len() + self.written_horizons.len() + 3);
+        // Per namespace touched: its counts as stored, and as they become.
+        let mut counts: BTreeMap<&str, (NamespaceCounts, NamespaceCounts)> = BTreeMap::new();
+        let mut total = read_counts(self.engine, META_TOTAL_COUNTS)?;
+        let total_before = total;
         for key in &self.written {
             let record = self.records[key].as_ref();
             let storage_key = record_storage_key(key);
-            match record {
-                Some(record) => writes.push((storage_key, Some(codec::encode(record).map_err(io::Error::other)?))),
-                None => writes.push((storage_key, None)),
-            }
+            let encoded = match record {
+                Some(record) => Some(codec::encode(record).map_err(io::Error::other)?),
+                None => None,
+            };
+            let old = self.stored.get(key).copied().flatten();
             // Keep the deadline index in step with the record.
-            let old = self.stored_deadlines.get(key).copied().flatten();
-            let new = record.and_then(Record::retained_until);
-            if old != new {
-                if let Some(old) = old {
+            let old_deadline = old.and_then(|shape| shape.deadline);
+            let new_deadline = record.and_then(Record::retained_until);
+            if old_deadline != new_deadline {
+                if let Some(old) = old_deadline {
                     writes.push((expiry_index_key(old, Some(key)), None));
                 }
-                if let Some(new) = new {
+                if let Some(new) = new_deadline {
                     writes.push((expiry_index_key(new, Some(key)), Some(Vec::new())));
                 }
             }
+            // And the counts.
+            let (_, namespace) = match counts.entry(&key.namespace) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    let stored = read_counts(self.engine, &counts_key(&key.namespace))?;
+                    entry.insert((stored, stored))
+                }
+            };
+            if let Some(old) = old {
+                namespace.remove(old.state, old.bytes);
+                total.remove(old.state, old.bytes);
+            }
+            if let (Some(record), Some(encoded)) = (record, &encoded) {
+                namespace.add(record.state_kind(), encoded.len() as u64);
+                total.add(record.state_kind(), encoded.len() as u64);
+            }
+            writes.push((storage_key, encoded));
+        }
+        for (namespace, (before, counts)) in counts {
+            if counts == before {
+                continue;
+            }
+            // A namespace without records leaves no counts behind.
+            let value = if counts == NamespaceCounts::default() {
+                None
+            } else {
+                Some(codec::encode(&counts).map_err(io::Error::other)?)
+            };
+            writes.push((counts_key(namespace), value));
+        }
+        if total != total_before {
+            writes.push(meta_pair(META_TOTAL_COUNTS, &total)?);
         }
         for namespace in &self.written_horizons {
             writes.push(meta_pair(&horizon_key(namespace), &self.horizons[namespace])?);
         }
+        self.audit_writes(&mut writes)?;
         Ok(writes)
+    }
+
+    /// Appends this call's audit entries and drops the oldest beyond AUDIT_ENTRIES_MAX: first
+    /// the engine's oldest (smallest log position, first in key order), then, if this call
+    /// appended more than the limit, its own earliest.
+    fn audit_writes(&self, writes: &mut WriteBatch) -> io::Result<()> {
+        if self.audit.is_empty() {
+            return Ok(());
+        }
+        let stored: u64 = match self.engine.get(Space::Ledger, META_AUDIT_COUNT)? {
+            Some(bytes) => codec::decode(&bytes).map_err(io::Error::other)?,
+            None => 0,
+        };
+        let appended = self.audit.len() as u64;
+        let excess = (stored + appended).saturating_sub(AUDIT_ENTRIES_MAX as u64);
+        let drop_stored = excess.min(stored);
+        if drop_stored > 0 {
+            let oldest = self.engine.scan(
+                Space::Ledger,
+                Bound::Included(vec![AUDIT_PREFIX]),
+                Bound::Excluded(vec![AUDIT_PREFIX + 1]),
+                drop_stored as usize,
+            )?;
+            if oldest.len() as u64 != drop_stored {
+                return Err(io::Error::other(format!(
+                    "the audit trail holds {} entries, its count says {stored}",
+                    oldest.len()
+                )));
+            }
+            writes.extend(oldest.into_iter().map(|(key, _)| (key, None)));
+        }
+        let drop_appended = (excess - drop_stored) as usize;
+        for entry in &self.audit[drop_appended..] {
+            let value = codec::encode(entry).map_err(io::Error::other)?;
+            writes.push((audit_storage_key(entry.log_index, entry.slot), Some(value)));
+        }
+        writes.push(meta_pair(META_AUDIT_COUNT, &(stored + appended - excess))?);
+        Ok(())
     }
 }
 
@@ -463,6 +701,10 @@ impl LedgerState for ApplyBatch<'_> {
 
     fn set_ledger_time(&mut self, time: LedgerTime) {
         self.time = time;
+    }
+
+    fn append_audit(&mut self, entry: AuditEntry) {
+        self.audit.push(entry);
     }
 }
 
@@ -534,7 +776,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if let Some(membership) = &membership {
                 write.push(meta_pair(META_MEMBERSHIP, membership)?);
             }
-            write_ledger(self.engine.as_ref(), &mut self.journals, write)
+            self.journals.write_ledger(self.engine.as_ref(), write)
         })();
         if let Err(error) = write {
             tracing::error!(%error, "writing applied state failed; the node stops (fail-stop)");
@@ -552,8 +794,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Runs between applies: this is the snapshot point. The dump runs later, beside applies
         // that journal what they overwrite from here on.
         self.snapshots_built += 1;
-        let journal = Arc::new(SnapshotJournal::default());
-        self.journals.push(Arc::downgrade(&journal));
+        let journal = self.journals.pin();
         let meta = (|| -> io::Result<_> {
             let applied = self.read_meta::<Option<LogId>>(META_APPLIED)?.flatten();
             let membership: StoredMembership = self.read_meta(META_MEMBERSHIP)?.unwrap_or_default();
@@ -593,7 +834,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             {
                 write.insert(key, value);
             }
-            write_ledger(self.engine.as_ref(), &mut self.journals, write.into_iter().collect())?;
+            self.journals.write_ledger(self.engine.as_ref(), write.into_iter().collect())?;
             self.engine.flush()?;
             self.snapshot_file
                 .replace_if_newer(meta.last_log_id, &codec::encode(&(meta, &body_bytes)).map_err(io::Error::other)?)?;
@@ -661,27 +902,52 @@ struct SnapshotBody {
 /// membership.
 type Dump = io::Result<(Arc<SnapshotJournal>, Option<LogId>, StoredMembership)>;
 
-/// Every ledger-space pair as of the journal's snapshot point, in key order. Scans the engine in
-/// chunks while applies go on: a key the journal holds is taken from the journal (its value at
-/// the point, or absent), any other key was not written since the point, so the engine's value
-/// is the point's. The journal only grows, so checking it again at the end catches keys first
-/// written after the scan passed them.
+/// Every ledger-space pair as of the journal's snapshot point, in key order.
 fn dump_at_point(engine: &dyn Engine, journal: &SnapshotJournal) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut pairs = Vec::new();
-    let mut from = Bound::Unbounded;
-    loop {
-        let chunk = engine.scan(Space::Ledger, from, Bound::Unbounded, SNAPSHOT_SCAN_CHUNK)?;
-        let Some((last, _)) = chunk.last() else { break };
-        from = Bound::Excluded(last.clone());
-        let before = journal.lock();
-        pairs.extend(chunk.into_iter().filter(|(key, _)| !before.contains_key(key)));
-    }
-    let before = journal.lock();
-    pairs.retain(|(key, _)| !before.contains_key(key));
-    pairs.extend(before.iter().filter_map(|(key, value)| value.as_ref().map(|value| (key.clone(), value.clone()))));
-    drop(before);
-    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for_each_pair_at_point(engine, journal, |key, value| {
+        pairs.push((key, value));
+        Ok(())
+    })?;
     Ok(pairs)
+}
+
+/// Gives `visit` every ledger-space pair as of the journal's point, in key order, holding at
+/// most one scan chunk (and the journal) in memory. Scans the engine in chunks while applies go
+/// on; for the key range each chunk covers, a key the journal holds is taken from the journal
+/// (its value at the point, or absent), any other key was not written since the point, so the
+/// engine's value is the point's. A key written after the scan passed its range had its point
+/// value when it was scanned; a point key removed before the scan reached it is in the journal,
+/// because writes journal before they write. `visit` runs with no lock held, so applies go on
+/// (and may even be issued by `visit`).
+pub(super) fn for_each_pair_at_point(
+    engine: &dyn Engine,
+    journal: &SnapshotJournal,
+    mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut from: Bound<Vec<u8>> = Bound::Unbounded;
+    loop {
+        let chunk = engine.scan(Space::Ledger, from.clone(), Bound::Unbounded, SNAPSHOT_SCAN_CHUNK)?;
+        // The range this pass covers: up to the chunk's last key, or all the rest at the end.
+        let end = chunk.last().map(|(key, _)| key.clone());
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = {
+            let before = journal.lock();
+            let to = end.clone().map_or(Bound::Unbounded, Bound::Included);
+            let journaled = before
+                .range::<Vec<u8>, _>((from, to))
+                .filter_map(|(key, value)| value.as_ref().map(|value| (key.clone(), value.clone())));
+            let unwritten: Vec<_> = chunk.into_iter().filter(|(key, _)| !before.contains_key(key)).collect();
+            journaled.chain(unwritten).collect()
+        };
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, value) in pairs {
+            visit(key, value)?;
+        }
+        match end {
+            Some(last) => from = Bound::Excluded(last),
+            None => return Ok(()),
+        }
+    }
 }
 
 pub struct SnapshotBuilder {
@@ -810,13 +1076,11 @@ mod snapshot_dump_tests {
         let dir = tempfile::tempdir().unwrap();
         let engine: Arc<dyn Engine> = Arc::new(super::super::SledEngine::open(&dir.path().join("sled")).unwrap());
         let keys = 3 * SNAPSHOT_SCAN_CHUNK as u32 + 17;
-        let mut journals = Vec::new();
-        write_ledger(engine.as_ref(), &mut journals, (0..keys).map(|i| (key(i), Some(b"v0".to_vec()))).collect())
-            .unwrap();
+        let journals = JournalRegistry::default();
+        journals.write_ledger(engine.as_ref(), (0..keys).map(|i| (key(i), Some(b"v0".to_vec()))).collect()).unwrap();
         let expected = engine.scan(Space::Ledger, Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap();
 
-        let journal = Arc::new(SnapshotJournal::default());
-        journals.push(Arc::downgrade(&journal));
+        let journal = journals.pin();
         // After the point: overwrite, remove and insert across every chunk.
         let mut write: WriteBatch = Vec::new();
         for i in (0..keys).step_by(97) {
@@ -824,15 +1088,55 @@ mod snapshot_dump_tests {
             write.push((key(i + 1), None));
         }
         write.push((key(keys + 5), Some(b"new".to_vec())));
-        write_ledger(engine.as_ref(), &mut journals, write).unwrap();
+        journals.write_ledger(engine.as_ref(), write).unwrap();
         // A second write of a journaled key keeps the point's value.
-        write_ledger(engine.as_ref(), &mut journals, vec![(key(0), Some(b"v2".to_vec()))]).unwrap();
+        journals.write_ledger(engine.as_ref(), vec![(key(0), Some(b"v2".to_vec()))]).unwrap();
 
         assert_eq!(dump_at_point(engine.as_ref(), &journal).unwrap(), expected);
 
-        // A finished dump's journal is dropped and forgotten by the next write.
+        // A finished dump's journal is dropped and forgotten.
         drop(journal);
-        write_ledger(engine.as_ref(), &mut journals, vec![(key(1), Some(b"v3".to_vec()))]).unwrap();
-        assert!(journals.is_empty());
+        journals.write_ledger(engine.as_ref(), vec![(key(1), Some(b"v3".to_vec()))]).unwrap();
+        assert_eq!(journals.running(), 0);
+    }
+
+    /// Writes issued while the streaming read is between chunks (removals ahead of the scan,
+    /// inserts behind and ahead of it, overwrites) never show: it streams the point's ledger.
+    #[test]
+    fn a_streamed_read_is_the_ledger_at_its_point_with_writes_between_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(super::super::SledEngine::open(&dir.path().join("sled")).unwrap());
+        let keys = 3 * SNAPSHOT_SCAN_CHUNK as u32 + 17;
+        let journals = JournalRegistry::default();
+        journals
+            .write_ledger(engine.as_ref(), (0..keys).map(|i| (key(2 * i), Some(b"v0".to_vec()))).collect())
+            .unwrap();
+        let expected = engine.scan(Space::Ledger, Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap();
+
+        let journal = journals.pin();
+        let mut seen = Vec::new();
+        let mut round = 0u32;
+        for_each_pair_at_point(engine.as_ref(), &journal, |key_bytes, value| {
+            seen.push((key_bytes, value));
+            if seen.len() % SNAPSHOT_SCAN_CHUNK == 0 {
+                round += 1;
+                let at = seen.len() as u32;
+                let write = vec![
+                    // Behind the scan: overwritten and inserted.
+                    (key(2 * (at - 10)), Some(b"late".to_vec())),
+                    (key(2 * (at - 10) + 1), Some(b"new".to_vec())),
+                    // Ahead of it: removed, overwritten, inserted.
+                    (key(2 * (at + 10)), None),
+                    (key(2 * (at + 11)), Some(b"late".to_vec())),
+                    (key(2 * (at + 12) + 1), Some(b"new".to_vec())),
+                    (key(2 * keys + round), Some(b"past the end".to_vec())),
+                ];
+                journals.write_ledger(engine.as_ref(), write)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(round >= 3, "writes between chunks");
+        assert_eq!(seen, expected);
     }
 }

@@ -106,6 +106,7 @@ impl SimCluster {
                 data_dir: slot.data_dir.clone(),
                 timing: self.timing.clone(),
                 dial: Default::default(),
+                join: false,
             };
             (config, slot.clock.clone(), slot.observer.clone(), slot.engine.clone())
         };

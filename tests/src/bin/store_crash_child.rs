@@ -204,6 +204,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         data_dir: args.data_dir.clone(),
         timing: RaftTiming { snapshot_logs_since_last: args.snapshot_logs, ..Default::default() },
         dial: Default::default(),
+        join: false,
     };
     let node = dedup_cluster::node::start(config, Arc::new(SystemClock::default()), None)
         .await

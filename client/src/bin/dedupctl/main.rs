@@ -1,6 +1,7 @@
 //! `dedupctl`: the command line of dedup-ledger. Key verbs (claim, complete, release, extend,
 //! get) and cluster status, as tables for people or `--output json` for scripts.
 
+mod admin;
 mod bench;
 
 use std::process::ExitCode;
@@ -164,10 +165,52 @@ enum Command {
         #[arg(long)]
         endpoint: Option<String>,
     },
-    /// Every endpoint's view of Raft: leader, and per node id, address, role, term, last log
-    /// index, applied index, lag behind the leader, or the error of an unreachable node. Exits
-    /// non-zero only when no node answered.
-    Status,
+    /// Every endpoint's view of Raft: the leader (or "no leader"/"no quorum" in words), and per
+    /// node id, address, role, term, last log, committed and applied index, lag behind the
+    /// leader, snapshot and purged index, data bytes, hot tier bytes and hit ratio, or the error
+    /// of an unreachable node. Exits 4 if any targeted node did not answer.
+    Status {
+        /// Every member, from the member list, instead of --endpoints.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Cluster membership: list, add a learner, promote it to voter, remove a member.
+    #[command(subcommand)]
+    Member(admin::MemberVerb),
+    /// Leadership: `leader transfer [--to ID]`.
+    #[command(subcommand)]
+    Leader(admin::LeaderVerb),
+    /// Raft snapshots: `snapshot trigger [--cluster]`.
+    #[command(subcommand)]
+    Snapshot(admin::SnapshotVerb),
+    /// SHA-256 of each node's ledger at its applied index; replicas at the same index must agree.
+    Hash {
+        /// Every member, from the member list, instead of --endpoints.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Proves each node can serve a linearizable read (the leader confirms with a quorum, the
+    /// node applies up to it) and reports the latency. Exits 4 if any node is unhealthy.
+    Health {
+        /// Every member, from the member list, instead of --endpoints.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Inspect and repair keys: list, forget, force-release (the last two are audited).
+    #[command(subcommand)]
+    Key(admin::KeyVerb),
+    /// The audit trail of `key forget` and `key force-release`, oldest first.
+    Audit {
+        /// Entries after this position (LOG_INDEX.SLOT, as printed).
+        #[arg(long)]
+        after: Option<String>,
+        /// Entries to print (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Namespace statistics: `namespace stats NS`.
+    #[command(subcommand)]
+    Namespace(admin::NamespaceVerb),
     /// Load generator against a running cluster: ops/s, errors, latency percentiles (HDR
     /// histogram), client CPU and Raft entries written, per path and concurrency. Every run is
     /// bounded by --duration and --max-ops. Example:
@@ -296,19 +339,29 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let failed = results.iter().any(|r| r["ops"].as_u64() == Some(0));
             return Ok(if failed { EXIT_UNAVAILABLE } else { EXIT_OK });
         }
-        Command::Status => {
-            let results = client.cluster_status().await;
+        Command::Status { cluster } => {
+            let targets = admin::targets(&client, cluster).await?;
+            let results = client.status_of(&targets).await;
             let report = StatusReport::new(results);
             match cli.output {
                 OutputFormat::Json => println!("{}", pretty(&report.to_json())),
                 OutputFormat::Table => print!("{}", report.to_table()),
             }
-            if report.answered() == 0 {
-                eprintln!("error: UNAVAILABLE: none of the {} endpoint(s) answered", report.nodes.len());
+            let failed = report.nodes.len() - report.answered();
+            if failed > 0 {
+                eprintln!("error: UNAVAILABLE: {failed} of the {} targeted node(s) did not answer", report.nodes.len());
                 return Ok(EXIT_UNAVAILABLE);
             }
             return Ok(EXIT_OK);
         }
+        Command::Member(verb) => return Ok(admin::member(&client, cli.output, verb).await?),
+        Command::Leader(verb) => return Ok(admin::leader(&client, cli.output, verb).await?),
+        Command::Snapshot(verb) => return Ok(admin::snapshot(&client, cli.output, verb).await?),
+        Command::Hash { cluster } => return Ok(admin::hash(&client, cli.output, cluster).await?),
+        Command::Health { cluster } => return Ok(admin::health(&client, cli.output, cluster).await?),
+        Command::Key(verb) => return Ok(admin::key(&client, cli.output, verb).await?),
+        Command::Audit { after, limit } => return Ok(admin::audit(&client, cli.output, after, limit).await?),
+        Command::Namespace(verb) => return Ok(admin::namespace(&client, cli.output, verb).await?),
     };
     match cli.output {
         OutputFormat::Json => println!("{}", pretty(&to_json(&doc))),
@@ -640,7 +693,17 @@ impl StatusReport {
         match self.leader() {
             Some(view) => {
                 let address = if view.leader_address.is_empty() { "?" } else { &view.leader_address };
-                format!("leader: node {} ({address}), term {}", view.leader_id, view.term)
+                let mut line = format!("leader: node {} ({address}), term {}", view.leader_id, view.term);
+                // openraft 0.9 keeps a cut-off leader leading: say so when no quorum answers it.
+                if let Some(leader) = self.leader_node() {
+                    if leader.millis_since_quorum_ack > NO_QUORUM_AFTER_MS {
+                        line.push_str(&format!(
+                            "; NO QUORUM: no majority has acknowledged the leader for {} ms, writes cannot commit",
+                            leader.millis_since_quorum_ack
+                        ));
+                    }
+                }
+                line
             }
             None if self.answered() == 0 => {
                 format!("leader: unknown: none of the {} endpoint(s) answered", self.nodes.len())
@@ -660,7 +723,21 @@ impl StatusReport {
 
     fn to_table(&self) -> String {
         let header = [
-            "ENDPOINT", "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED", "LAG", "SNAPSHOT", "HOT TIER", "ERROR",
+            "ENDPOINT",
+            "ID",
+            "ADDRESS",
+            "ROLE",
+            "TERM",
+            "LAST LOG",
+            "COMMITTED",
+            "APPLIED",
+            "LAG",
+            "SNAPSHOT",
+            "PURGED",
+            "DATA",
+            "HOT TIER",
+            "HIT %",
+            "ERROR",
         ];
         let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
         for (endpoint, result) in &self.nodes {
@@ -673,10 +750,14 @@ impl StatusReport {
                     s.role.clone(),
                     s.term.to_string(),
                     s.last_log_index.to_string(),
+                    s.committed_index.to_string(),
                     s.applied_index.to_string(),
                     self.lag(s).map_or("-".to_string(), |lag| lag.to_string()),
                     s.snapshot_index.to_string(),
+                    s.purged_index.to_string(),
+                    human_bytes(s.data_bytes),
                     format!("{}/{}", human_bytes(s.hot_tier_bytes), human_bytes(s.hot_tier_budget_bytes)),
+                    hit_ratio(s).map_or("-".to_string(), |ratio| format!("{:.1}", ratio * 100.0)),
                     String::new(),
                 ],
                 Err(error) => {
@@ -705,7 +786,10 @@ impl StatusReport {
                     "leader_id": s.leader_id,
                     "leader_address": s.leader_address,
                     "last_log_index": s.last_log_index,
+                    "committed_index": s.committed_index,
                     "applied_index": s.applied_index,
+                    "data_bytes": s.data_bytes,
+                    "hot_tier_hit_ratio": hit_ratio(s),
                     "lag": self.lag(s),
                     "ledger_time_ms": s.ledger_time_ms,
                     "millis_since_quorum_ack": s.millis_since_quorum_ack,
@@ -742,6 +826,16 @@ impl StatusReport {
             "nodes": nodes,
         })
     }
+}
+
+/// A leader that no majority acknowledged for this long has lost its quorum (several election
+/// timeouts; heartbeats go out every ~150 ms).
+const NO_QUORUM_AFTER_MS: u64 = 3_000;
+
+/// Hot-tier lookups that found a record, of all lookups since the node started.
+fn hit_ratio(s: &NodeStatus) -> Option<f64> {
+    let lookups = s.hot_tier_hits + s.hot_tier_misses;
+    (lookups > 0).then(|| s.hot_tier_hits as f64 / lookups as f64)
 }
 
 /// Bytes for people: `512B`, `64.0KiB`, `1.5MiB`, `2.0GiB`.
@@ -1067,6 +1161,22 @@ mod tests {
         assert_eq!(json["nodes"][1]["lag"], 3);
         assert_eq!(json["nodes"][2]["error"]["reason"], "UNAVAILABLE");
         assert!(pretty(&json).contains("\"role\": \"leader\""), "scripts/local-cluster.sh greps for this");
+    }
+
+    #[test]
+    fn a_leader_cut_off_from_its_followers_is_reported_without_quorum() {
+        let mut leader = node(1, "leader", 4, 1, 50, 50);
+        leader.millis_since_quorum_ack = 7_000;
+        let report = StatusReport::new(vec![
+            ("http://127.0.0.1:7101".into(), Ok(leader)),
+            ("http://127.0.0.1:7102".into(), Err(unreachable())),
+            ("http://127.0.0.1:7103".into(), Err(unreachable())),
+        ]);
+        assert!(report.summary().contains("NO QUORUM") && report.summary().contains("7000 ms"), "{}", report.summary());
+        let mut healthy = node(1, "leader", 4, 1, 50, 50);
+        healthy.millis_since_quorum_ack = 40;
+        let report = StatusReport::new(vec![("http://127.0.0.1:7101".into(), Ok(healthy))]);
+        assert!(!report.summary().contains("NO QUORUM"), "{}", report.summary());
     }
 
     #[test]
