@@ -19,13 +19,15 @@ use crate::Error;
 pub const ADMIN_REDIRECTS_MAX: usize = 3;
 
 impl DedupClient {
-    /// One admin call at `endpoint`, one attempt, bounded by the request timeout.
+    /// One admin call at `endpoint`, one attempt, bounded by [`crate::ClientConfig::admin_timeout`].
     pub async fn admin_at<Req, Resp, F, Fut>(&self, endpoint: &str, message: Req, rpc: F) -> Result<Resp, Error>
     where
         F: Fn(AdminClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.call_pinned(endpoint, message, |channel, request| rpc(AdminClient::new(channel), request)).await
+        let timeout = self.config().admin_timeout;
+        self.call_pinned_within(endpoint, timeout, message, |channel, request| rpc(AdminClient::new(channel), request))
+            .await
     }
 
     /// An admin call that must reach the leader: tries the endpoints in order, follows a
@@ -58,10 +60,11 @@ impl DedupClient {
                             continue;
                         }
                     }
-                    // A follower without a leader hint, or a node that did not answer at all (no
+                    // A follower without a leader hint, or a node that could not be reached (no
                     // ErrorInfo reason: the reason is the code's name): ask the next endpoint.
-                    let no_answer = matches!(error.code(), Code::Unavailable | Code::DeadlineExceeded)
-                        && error.reason() == crate::error::code_name(error.code());
+                    // Not after a timeout: the call may have taken effect there.
+                    let no_answer =
+                        error.code() == Code::Unavailable && error.reason() == crate::error::code_name(error.code());
                     let unreachable = error.reason() == "NOT_LEADER" || no_answer;
                     if !unreachable {
                         return Err(error);

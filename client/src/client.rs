@@ -53,7 +53,14 @@ pub struct ClientConfig {
     /// First backoff ceiling and its cap (full jitter: each wait is uniform in 0..=ceiling).
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Bound of one admin call (`crate::admin`): some wait on purpose (a learner catching up,
+    /// a snapshot being built, a leadership transfer).
+    pub admin_timeout: Duration,
 }
+
+/// Default bound of one admin call: above the server's own bounds of its slowest calls
+/// (MemberAdd waits up to 60 s for a learner).
+pub const ADMIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(90);
 
 impl ClientConfig {
     pub fn new<I, S>(endpoints: I) -> ClientConfig
@@ -68,7 +75,13 @@ impl ClientConfig {
             call_deadline: CALL_DEADLINE_DEFAULT,
             backoff_initial: BACKOFF_INITIAL,
             backoff_max: BACKOFF_MAX,
+            admin_timeout: ADMIN_TIMEOUT_DEFAULT,
         }
+    }
+
+    pub fn with_admin_timeout(mut self, timeout: Duration) -> Self {
+        self.admin_timeout = timeout;
+        self
     }
 
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
@@ -419,8 +432,23 @@ impl DedupClient {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        let slot = self.pinned_slot(endpoint)?;
         let timeout = self.inner.config.request_timeout.min(self.inner.config.call_deadline);
+        self.call_pinned_within(endpoint, timeout, message, rpc).await
+    }
+
+    /// One attempt at `endpoint`, bounded by `timeout`.
+    pub(crate) async fn call_pinned_within<Req, Resp, F, Fut>(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+        message: Req,
+        rpc: F,
+    ) -> Result<Resp, Error>
+    where
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let slot = self.pinned_slot(endpoint)?;
         Self::attempt(&slot, timeout, message, &rpc).await
     }
 

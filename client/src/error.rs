@@ -231,13 +231,20 @@ impl Error {
 /// The code to decode a status by. Statuses tonic makes locally from a transport error carry a
 /// `source` (statuses received from a server never do): a per-attempt timeout (tonic reports it
 /// as CANCELLED "Timeout expired") becomes DEADLINE_EXCEEDED, and any other local failure
-/// without ErrorInfo (UNKNOWN "transport error", a reset stream) becomes UNAVAILABLE.
+/// without ErrorInfo (UNKNOWN "transport error", a reset stream) becomes UNAVAILABLE. A server
+/// that enforced the attempt's `grpc-timeout` answers CANCELLED "Timeout expired" without a
+/// source: DEADLINE_EXCEEDED as well.
 fn effective_code(status: &Status, has_info: bool) -> Code {
     let code = status.code();
     if has_info {
         return code;
     }
     let Some(source) = std::error::Error::source(status) else {
+        // The server enforces the `grpc-timeout` this client sends and answers a call that
+        // outlived it CANCELLED "Timeout expired": the attempt timed out, its outcome unknown.
+        if code == Code::Cancelled && status.message().starts_with("Timeout expired") {
+            return Code::DeadlineExceeded;
+        }
         return code;
     };
     if source_chain_has::<tonic::TimeoutExpired>(source) {

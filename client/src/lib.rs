@@ -46,6 +46,7 @@ pub use backoff::BACKOFF_MULTIPLIER;
 pub use client::new_claim_request_id;
 pub use client::ClientConfig;
 pub use client::DedupClient;
+pub use client::ADMIN_TIMEOUT_DEFAULT;
 pub use client::CALL_DEADLINE_DEFAULT;
 pub use client::CONNECT_TIMEOUT;
 pub use client::IMMEDIATE_REDIRECTS_MAX;

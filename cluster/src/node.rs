@@ -115,9 +115,19 @@ impl ClusterNode {
     }
 }
 
+/// The shortest election timeout of `node_id` when node 1's is `base_ms`.
+pub fn election_timeout_min_ms(base_ms: u64, node_id: NodeId) -> u64 {
+    base_ms + (node_id.saturating_sub(1) % 8) * ELECTION_STAGGER_MS
+}
+
+/// The longest election timeout of `node_id`, which is also how long it refuses votes after it
+/// last heard from a leader (openraft's leader lease).
+pub fn election_timeout_max_ms(base_ms: u64, node_id: NodeId) -> u64 {
+    election_timeout_min_ms(base_ms, node_id) + ELECTION_RANGE_MS
+}
+
 fn raft_config(node_id: NodeId, timing: &RaftTiming) -> Result<openraft::Config, NodeError> {
-    let stagger = (node_id.saturating_sub(1) % 8) * ELECTION_STAGGER_MS;
-    let election_timeout_min = timing.election_timeout_min_ms + stagger;
+    let election_timeout_min = election_timeout_min_ms(timing.election_timeout_min_ms, node_id);
     let config = openraft::Config {
         cluster_name: "dedup-ledger".to_string(),
         heartbeat_interval: timing.heartbeat_ms,

@@ -66,6 +66,8 @@ pub struct AdminService {
     local_duplicates: Arc<AtomicU64>,
     waiters: Waiters,
     channels: LeaderChannels,
+    /// `--election-timeout-ms`: every voter's election timeout (and lease) follows from it.
+    election_base_ms: u64,
 }
 
 impl AdminService {
@@ -76,8 +78,9 @@ impl AdminService {
         local_duplicates: Arc<AtomicU64>,
         waiters: Waiters,
         channels: LeaderChannels,
+        election_base_ms: u64,
     ) -> AdminService {
-        AdminService { node, hot_tier, hot_tier_budget_bytes, local_duplicates, waiters, channels }
+        AdminService { node, hot_tier, hot_tier_budget_bytes, local_duplicates, waiters, channels, election_base_ms }
     }
 
     fn metrics(&self) -> openraft::RaftMetrics<NodeId, Node> {
@@ -220,6 +223,12 @@ fn role_name(state: ServerState) -> &'static str {
         ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
     }
+}
+
+/// On the leader: the last log index `id` is known to hold; `None` if it never acknowledged
+/// any entry (or this node does not lead).
+fn matched_index(metrics: &openraft::RaftMetrics<NodeId, Node>, id: NodeId) -> Option<u64> {
+    metrics.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|log_id| log_id.index)
 }
 
 fn member_list(node_id: NodeId, metrics: &openraft::RaftMetrics<NodeId, Node>) -> pb::MemberListResponse {
@@ -411,19 +420,9 @@ impl pb::admin_server::Admin for AdminService {
             }
         }
         let node = Node { addr: request.address.clone() };
-        let added = if request.wait_caught_up {
-            let wait = Duration::from_millis(MEMBER_CATCH_UP_WAIT_MS_MAX);
-            tokio::time::timeout(wait, self.node.raft.add_learner(request.node_id, node, true)).await.map_err(|_| {
-                ServiceError::Incomplete {
-                    reason: "CATCH_UP_TIMEOUT",
-                    message: format!(
-                        "node {} was added as a learner but did not catch up within {MEMBER_CATCH_UP_WAIT_MS_MAX} ms \
-                         (MEMBER_CATCH_UP_WAIT_MS_MAX); is it running with the printed flags?",
-                        request.node_id
-                    ),
-                }
-            })?
-        } else {
+        // Non-blocking: openraft's blocking add_learner counts a learner within
+        // `replication_lag_threshold` (5000) entries as caught up, even one that never answered.
+        let added =
             tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, self.node.raft.add_learner(request.node_id, node, false))
                 .await
                 .map_err(|_| ServiceError::Incomplete {
@@ -432,9 +431,25 @@ impl pb::admin_server::Admin for AdminService {
                         "adding the learner did not commit within {} ms",
                         MEMBERSHIP_CHANGE_TIMEOUT.as_millis()
                     ),
-                })?
-        };
+                })?;
         let log_index = added.map_err(|error| self.raft_write_error(error))?.log_id.index;
+        if request.wait_caught_up {
+            // Caught up: the learner holds every entry up to the one that added it.
+            let id = request.node_id;
+            let wait = Duration::from_millis(MEMBER_CATCH_UP_WAIT_MS_MAX);
+            self.node
+                .raft
+                .wait(Some(wait))
+                .metrics(|m| matched_index(m, id).is_some_and(|matched| matched >= log_index), "learner caught up")
+                .await
+                .map_err(|_| ServiceError::Incomplete {
+                    reason: "CATCH_UP_TIMEOUT",
+                    message: format!(
+                        "node {id} was added as a learner but did not reach index {log_index} within \
+                         {MEMBER_CATCH_UP_WAIT_MS_MAX} ms (MEMBER_CATCH_UP_WAIT_MS_MAX); is it running with the printed flags?"
+                    ),
+                })?;
+        }
         let membership = self.member_list();
         let dedupd_flags = dedupd_flags_for(request.node_id, &request.address, &membership.members);
         tracing::info!(node_id = request.node_id, address = %request.address, log_index, "added a learner");
@@ -463,8 +478,16 @@ impl pb::admin_server::Admin for AdminService {
             }
             .into());
         }
-        let matched =
-            metrics.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map_or(0, |log_id| log_id.index);
+        let Some(matched) = matched_index(&metrics, id) else {
+            return Err(ServiceError::Refused {
+                reason: "LEARNER_BEHIND",
+                message: format!(
+                    "learner {id} has not received any entry yet; start it with the flags `member add` printed and \
+                     wait for it to catch up (`dedupctl member list`)"
+                ),
+            }
+            .into());
+        };
         let lag = metrics.last_log_index.unwrap_or(0).saturating_sub(matched);
         if lag > PROMOTE_LAG_ENTRIES_MAX {
             return Err(ServiceError::Refused {
@@ -545,7 +568,9 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::LeaderTransferRequest>,
     ) -> Result<Response<pb::LeaderTransferResponse>, Status> {
         let to = Some(request.into_inner().to_node_id).filter(|id| *id != 0);
-        let done = leadership::transfer_leadership(&self.node, &self.channels, to).await.map_err(transfer_error)?;
+        let done = leadership::transfer_leadership(&self.node, &self.channels, to, self.election_base_ms)
+            .await
+            .map_err(transfer_error)?;
         Ok(Response::new(pb::LeaderTransferResponse {
             from_node_id: done.from,
             to_node_id: done.to,

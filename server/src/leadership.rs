@@ -6,8 +6,11 @@
 //! 1. hold new proposals (answered LEADER_TRANSFER, unwritten: clients retry elsewhere) and stop
 //!    its own heartbeats and elections;
 //! 2. wait until the target holds the whole log, so that it can win the vote;
-//! 3. ask the target to campaign (Admin.Campaign), again every [`CAMPAIGN_INTERVAL`], until the
-//!    target leads or [`LEADER_TRANSFER_TIMEOUT`] ends; the voters' leases run out meanwhile;
+//! 3. wait until enough voters' leases ran out for the target to win a vote (a follower refuses
+//!    votes for its longest election timeout after it last heard from the leader), then ask the
+//!    target to campaign (Admin.Campaign) once, and again only if no leader emerged after
+//!    [`CAMPAIGN_WAIT`]: asking sooner would start a new term before the running vote finished
+//!    (which livelocked transfers under load), until [`LEADER_TRANSFER_TIMEOUT`] ends;
 //! 4. whatever happened, switch heartbeats and elections back on and release the hold.
 //!
 //! Safety does not depend on any of this: it is an ordinary Raft election. The only cost of a
@@ -26,8 +29,10 @@ use crate::forward::LeaderChannels;
 
 /// The whole transfer, from the hold to a new leader, at most.
 pub const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the target is asked to campaign again while the voters' leases run out.
-pub const CAMPAIGN_INTERVAL: Duration = Duration::from_millis(250);
+/// How long an election the target started may take before it is asked to campaign again.
+pub const CAMPAIGN_WAIT: Duration = Duration::from_millis(1_500);
+/// Margin past a voter's lease before the target campaigns.
+const LEASE_MARGIN: Duration = Duration::from_millis(50);
 /// How long the target may take to receive the rest of the log before it is asked to campaign.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one Campaign call.
@@ -55,10 +60,13 @@ pub struct Transferred {
 }
 
 /// Moves leadership from this node (which must lead) to `to`, or to the most caught-up voter.
+/// `election_base_ms` is `--election-timeout-ms` (node 1's election timeout), from which every
+/// voter's lease follows.
 pub async fn transfer_leadership(
     node: &ClusterNode,
     channels: &LeaderChannels,
     to: Option<NodeId>,
+    election_base_ms: u64,
 ) -> Result<Transferred, TransferError> {
     let started = Instant::now();
     let metrics = node.raft.metrics().borrow().clone();
@@ -101,7 +109,17 @@ pub async fn transfer_leadership(
     let runtime = node.raft.runtime_config();
     runtime.heartbeat(false);
     runtime.elect(false);
-    let result = hand_over(node, channels, target, &target_address, started).await;
+    // The target needs the votes of a majority, itself included: wait out the leases of the
+    // (majority - 1) voters that release theirs first.
+    let mut leases: Vec<u64> = membership
+        .voter_ids()
+        .filter(|id| *id != target)
+        .map(|id| dedup_cluster::node::election_timeout_max_ms(election_base_ms, id))
+        .collect();
+    leases.sort_unstable();
+    let majority = membership.voter_ids().count() / 2 + 1;
+    let quiet = Duration::from_millis(leases.get(majority.saturating_sub(2)).copied().unwrap_or(0)) + LEASE_MARGIN;
+    let result = hand_over(node, channels, target, &target_address, started, quiet).await;
     // Back to normal whatever happened: as a follower the timers are what let this node take
     // over again if the new leader fails; as a still-leader they keep it leading.
     let runtime = node.raft.runtime_config();
@@ -133,6 +151,7 @@ async fn hand_over(
     target: NodeId,
     target_address: &str,
     started: Instant,
+    quiet: Duration,
 ) -> Result<u64, TransferError> {
     let deadline = started + LEADER_TRANSFER_TIMEOUT;
     // 2. The target must hold every entry this leader has, or it cannot win the vote.
@@ -149,7 +168,9 @@ async fn hand_over(
         .await
         .map_err(|e| TransferError::Failed(format!("node {target} did not catch up to index {last_log}: {e}")))?;
 
-    // 3. Ask it to campaign until it leads.
+    // 3. Nothing reaches the followers now (no heartbeats, no proposals): once the leases ran
+    // out, ask the target to campaign until it leads.
+    tokio::time::sleep(quiet.min(deadline.saturating_duration_since(Instant::now()))).await;
     let channel = channels.channel(target_address).map_err(TransferError::Failed)?;
     let mut last_error = String::from("no answer yet");
     loop {
@@ -167,7 +188,7 @@ async fn hand_over(
             Ok(Err(status)) => last_error = format!("Campaign on node {target}: {}", status.message()),
             Err(_) => last_error = format!("Campaign on node {target}: no answer"),
         }
-        let wait = CAMPAIGN_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
+        let wait = CAMPAIGN_WAIT.min(deadline.saturating_duration_since(Instant::now()));
         let led = node
             .raft
             .wait(Some(wait))

@@ -260,7 +260,7 @@ impl LedgerService {
                 return Ok((response, via));
             };
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.waiters.is_closing() {
                 return Ok((response, via));
             }
             let lapse = Duration::from_millis(busy.retry_after_ms + LEASE_LAPSE_SLACK_MS);

@@ -51,6 +51,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let commit_timeout = Duration::from_millis(config.commit_timeout_ms);
     let hot_tier = hot_tier::HotTier::new(config.hot_tier_bytes);
     let waiters = waiters::Waiters::default();
+    let waiters_on_shutdown = waiters.clone();
     let observer = waiters::NodeObserver { hot_tier: hot_tier.clone(), waiters: waiters.clone() };
     let node = dedup_cluster::node::start(
         NodeConfig {
@@ -97,6 +98,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         local_duplicates,
         waiters,
         channels.clone(),
+        config.election_timeout_ms,
     ));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
@@ -140,11 +142,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     }
 
-    // 1. Readiness NOT_SERVING: probes and balancers stop sending new calls here.
+    // 1. Readiness NOT_SERVING: probes and balancers stop sending new calls here. Parked
+    // claims answer IN_PROGRESS now rather than hold the grace period.
     let _ = stopping_tx.send(true);
+    waiters_on_shutdown.close();
     // 2. A leader hands over first, so that writes pause for a transfer, not an election.
     if node.raft.metrics().borrow().state == openraft::ServerState::Leader {
-        match leadership::transfer_leadership(&node, &channels, None).await {
+        match leadership::transfer_leadership(&node, &channels, None, config.election_timeout_ms).await {
             Ok(done) => tracing::info!(
                 to = done.to,
                 elapsed_ms = done.elapsed.as_millis() as u64,

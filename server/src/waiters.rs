@@ -27,6 +27,9 @@ struct Registry {
 #[derive(Clone, Default)]
 pub struct Waiters {
     registry: Arc<Mutex<Registry>>,
+    /// Set when the node shuts down: parked calls answer what they have (IN_PROGRESS) at once
+    /// instead of holding the shutdown's grace period.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A parked call's place; freed on drop.
@@ -73,6 +76,16 @@ impl Waiters {
         for (notify, _) in self.registry.lock().expect("waiters lock").keys.values() {
             notify.notify_waiters();
         }
+    }
+
+    /// Ends every wait: parked calls answer at once, and later ones do not wait.
+    pub fn close(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Calls parked on this node now.

@@ -70,8 +70,9 @@ struct Cli {
     /// Output format of answers (errors always go to stderr as text).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
-    /// Time limit of the whole command in ms, retries included [default: 15000]. Also caps each
-    /// single request (default 5000 ms), e.g. each node's answer in `status`.
+    /// Time limit of the whole command in ms, retries included [default: 15000; operator verbs
+    /// such as `member add --wait` or `leader transfer`: 90000]. Also caps each single request
+    /// (default 5000 ms), e.g. each node's answer in `status`.
     #[arg(long, global = true, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     #[command(subcommand)]
@@ -375,7 +376,10 @@ fn connect(cli: &Cli) -> Result<DedupClient, Error> {
     let mut config = ClientConfig::new(endpoints);
     if let Some(timeout_ms) = cli.timeout_ms {
         let timeout = Duration::from_millis(timeout_ms);
-        config = config.with_call_deadline(timeout).with_request_timeout(REQUEST_TIMEOUT_DEFAULT.min(timeout));
+        config = config
+            .with_call_deadline(timeout)
+            .with_request_timeout(REQUEST_TIMEOUT_DEFAULT.min(timeout))
+            .with_admin_timeout(timeout);
     }
     DedupClient::with_config(config)
 }
