@@ -236,6 +236,40 @@ async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = 
     outputs.into_iter().map(|o| o.expect("every future finished")).collect()
 }
 
+/// One table row and one JSON object per targeted node: `cells` and `fields` render an answer;
+/// a node that failed gets dashes and its error.
+fn per_node<T>(
+    results: &[(String, Result<T, Error>)],
+    columns: usize,
+    cells: impl Fn(&T) -> Vec<String>,
+    fields: impl Fn(&T) -> Value,
+) -> (Vec<Vec<String>>, Value) {
+    let mut rows = Vec::with_capacity(results.len());
+    let mut values = Vec::with_capacity(results.len());
+    for (endpoint, result) in results {
+        let endpoint = display_endpoint(endpoint).to_string();
+        match result {
+            Ok(answer) => {
+                let mut row = vec![endpoint.clone()];
+                row.extend(cells(answer));
+                row.push(String::new());
+                rows.push(row);
+                let mut value = fields(answer);
+                value["endpoint"] = json!(endpoint);
+                values.push(value);
+            }
+            Err(error) => {
+                let mut row = vec![endpoint.clone()];
+                row.extend(std::iter::repeat_n("-".to_string(), columns.saturating_sub(2)));
+                row.push(error.to_string());
+                rows.push(row);
+                values.push(json!({"endpoint": endpoint, "error": error_json(error)}));
+            }
+        }
+    }
+    (rows, Value::Array(values))
+}
+
 fn any_failed<T>(results: &[(String, Result<T, Error>)]) -> u8 {
     let failed: Vec<&Error> = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
     for ((endpoint, _), error) in results.iter().filter(|(_, r)| r.is_err()).zip(&failed) {
@@ -358,38 +392,24 @@ pub async fn snapshot(client: &DedupClient, output: OutputFormat, verb: Snapshot
     let results =
         fan_out(client, &targets, pb::SnapshotTriggerRequest {}, |mut c, r| async move { c.snapshot_trigger(r).await })
             .await;
-    let rows = results
-        .iter()
-        .map(|(endpoint, result)| match result {
-            Ok(s) => vec![
-                display_endpoint(endpoint).to_string(),
+    let header = ["ENDPOINT", "ID", "SNAPSHOT", "PURGED", "TOOK MS", "ERROR"];
+    let (rows, value) = per_node(
+        &results,
+        header.len(),
+        |s| {
+            vec![
                 s.node_id.to_string(),
                 s.snapshot_index.to_string(),
                 s.purged_index.to_string(),
                 s.elapsed_ms.to_string(),
-                String::new(),
-            ],
-            Err(error) => {
-                vec![
-                    display_endpoint(endpoint).to_string(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    error.to_string(),
-                ]
-            }
-        })
-        .collect();
-    let value = json!(results
-        .iter()
-        .map(|(endpoint, result)| match result {
-            Ok(s) => json!({"endpoint": display_endpoint(endpoint), "node_id": s.node_id,
-                "snapshot_index": s.snapshot_index, "purged_index": s.purged_index, "elapsed_ms": s.elapsed_ms}),
-            Err(error) => json!({"endpoint": display_endpoint(endpoint), "error": error_json(error)}),
-        })
-        .collect::<Vec<_>>());
-    print_rows(output, &["ENDPOINT", "ID", "SNAPSHOT", "PURGED", "TOOK MS", "ERROR"], rows, value, None);
+            ]
+        },
+        |s| {
+            json!({"node_id": s.node_id, "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
+                "elapsed_ms": s.elapsed_ms})
+        },
+    );
+    print_rows(output, &header, rows, value, None);
     Ok(any_failed(&results))
 }
 
@@ -409,38 +429,15 @@ pub async fn hash(client: &DedupClient, output: OutputFormat, cluster: bool) -> 
         }
         Some(_) => Some("applied indexes differ: compare again when writes pause".to_string()),
     };
-    let rows = results
-        .iter()
-        .map(|(endpoint, result)| match result {
-            Ok(h) => vec![
-                display_endpoint(endpoint).to_string(),
-                h.node_id.to_string(),
-                h.applied_index.to_string(),
-                h.pairs.to_string(),
-                h.sha256.clone(),
-                String::new(),
-            ],
-            Err(error) => {
-                vec![
-                    display_endpoint(endpoint).to_string(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    error.to_string(),
-                ]
-            }
-        })
-        .collect();
-    let value = json!({
-        "nodes": results.iter().map(|(endpoint, result)| match result {
-            Ok(h) => json!({"endpoint": display_endpoint(endpoint), "node_id": h.node_id,
-                "applied_index": h.applied_index, "pairs": h.pairs, "sha256": h.sha256}),
-            Err(error) => json!({"endpoint": display_endpoint(endpoint), "error": error_json(error)}),
-        }).collect::<Vec<_>>(),
-        "summary": footer,
-    });
-    print_rows(output, &["ENDPOINT", "ID", "APPLIED", "PAIRS", "SHA256", "ERROR"], rows, value, footer.clone());
+    let header = ["ENDPOINT", "ID", "APPLIED", "PAIRS", "SHA256", "ERROR"];
+    let (rows, nodes) = per_node(
+        &results,
+        header.len(),
+        |h| vec![h.node_id.to_string(), h.applied_index.to_string(), h.pairs.to_string(), h.sha256.clone()],
+        |h| json!({"node_id": h.node_id, "applied_index": h.applied_index, "pairs": h.pairs, "sha256": h.sha256}),
+    );
+    let value = json!({"nodes": nodes, "summary": footer});
+    print_rows(output, &header, rows, value, footer.clone());
     let diverged = footer.is_some_and(|f| f.starts_with("DIVERGED"));
     if diverged {
         eprintln!("error: DIVERGED: replicas at the same applied index hold different state");
@@ -452,38 +449,36 @@ pub async fn hash(client: &DedupClient, output: OutputFormat, cluster: bool) -> 
 pub async fn health(client: &DedupClient, output: OutputFormat, cluster: bool) -> Result<u8, Error> {
     let targets = targets(client, cluster).await?;
     let results = fan_out(client, &targets, pb::HealthRequest {}, |mut c, r| async move { c.health(r).await }).await;
-    let rows = results
-        .iter()
-        .map(|(endpoint, result)| match result {
-            Ok(h) => vec![
-                display_endpoint(endpoint).to_string(),
+    let header = ["ENDPOINT", "HEALTH", "ID", "LEADER", "READ INDEX", "TOOK MS", "ERROR"];
+    let (mut rows, mut value) = per_node(
+        &results,
+        header.len(),
+        |h| {
+            vec![
                 "healthy".to_string(),
                 h.node_id.to_string(),
                 h.leader_id.to_string(),
                 h.read_index.to_string(),
                 format!("{:.3}", h.latency_us as f64 / 1000.0),
-                String::new(),
-            ],
-            Err(error) => vec![
-                display_endpoint(endpoint).to_string(),
-                "UNHEALTHY".to_string(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                error.to_string(),
-            ],
-        })
-        .collect();
-    let value = json!(results
-        .iter()
-        .map(|(endpoint, result)| match result {
-            Ok(h) => json!({"endpoint": display_endpoint(endpoint), "healthy": true, "node_id": h.node_id,
-                "leader_id": h.leader_id, "read_index": h.read_index, "latency_us": h.latency_us}),
-            Err(error) => json!({"endpoint": display_endpoint(endpoint), "healthy": false, "error": error_json(error)}),
-        })
-        .collect::<Vec<_>>());
-    print_rows(output, &["ENDPOINT", "HEALTH", "ID", "LEADER", "READ INDEX", "TOOK MS", "ERROR"], rows, value, None);
+            ]
+        },
+        |h| {
+            json!({"healthy": true, "node_id": h.node_id, "leader_id": h.leader_id, "read_index": h.read_index,
+                "latency_us": h.latency_us})
+        },
+    );
+    // A node that failed is unhealthy, in both forms.
+    for (row, (_, result)) in rows.iter_mut().zip(&results) {
+        if result.is_err() {
+            row[1] = "UNHEALTHY".to_string();
+        }
+    }
+    if let Value::Array(nodes) = &mut value {
+        for node in nodes.iter_mut().filter(|n| n.get("error").is_some()) {
+            node["healthy"] = json!(false);
+        }
+    }
+    print_rows(output, &header, rows, value, None);
     Ok(any_failed(&results))
 }
 
@@ -686,6 +681,24 @@ pub async fn namespace(client: &DedupClient, output: OutputFormat, verb: Namespa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_node_gets_a_row_of_dashes_with_its_error_and_an_error_object() {
+        let results: Vec<(String, Result<u64, Error>)> = vec![
+            ("http://127.0.0.1:7101".to_string(), Ok(7)),
+            (
+                "http://127.0.0.1:7102".to_string(),
+                Err(Error::Other { code: tonic::Code::Unavailable, reason: None, message: "refused".to_string() }),
+            ),
+        ];
+        let (rows, value) = per_node(&results, 4, |n| vec![n.to_string(), "x".to_string()], |n| json!({"n": n}));
+        assert_eq!(rows[0], vec!["127.0.0.1:7101", "7", "x", ""]);
+        assert_eq!(rows[1][..3], ["127.0.0.1:7102", "-", "-"]);
+        assert!(rows[1][3].contains("refused"), "{:?}", rows[1]);
+        assert_eq!(value[0], json!({"n": 7, "endpoint": "127.0.0.1:7101"}));
+        assert_eq!(value[1]["error"]["code"], "UNAVAILABLE");
+        assert_eq!(any_failed(&results), EXIT_UNAVAILABLE);
+    }
 
     #[test]
     fn page_tokens_round_trip_as_hex() {
