@@ -15,6 +15,16 @@ export DEDUP_SAFETY_DIR="$PWD/target/safety"
 rm -rf "$DEDUP_SAFETY_DIR"
 
 cargo build --workspace --bins --tests
+# The container fault suite (tests/tests/cluster_docker.rs) runs the dedup-ledger:dev image: build
+# it when a Docker engine answers, and then require the suite to run rather than skip. Longer
+# container schedules, on demand:
+#   DEDUP_DOCKER_LONG=5 cargo nextest run -p dedup-tests --test cluster_docker
+if docker_why=$(docker version --format '{{.Server.Version}}' 2>&1); then
+  scripts/build-image.sh
+  export DEDUP_DOCKER_REQUIRED=1
+else
+  echo "no Docker engine answers (docker version: ${docker_why//$'\n'/ }); the cluster-docker suite will skip" >&2
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -147,7 +147,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let _ = stopping_tx.send(true);
     waiters_on_shutdown.close();
     // 2. A leader hands over first, so that writes pause for a transfer, not an election.
-    if node.raft.metrics().borrow().state == openraft::ServerState::Leader {
+    let (leading, other_voters) = {
+        let metrics = node.raft.metrics().borrow().clone();
+        let others = metrics.membership_config.membership().voter_ids().filter(|id| *id != node.node_id).count();
+        (metrics.state == openraft::ServerState::Leader, others)
+    };
+    if leading && other_voters > 0 {
         match leadership::transfer_leadership(&node, &channels, None, config.election_timeout_ms).await {
             Ok(done) => tracing::info!(
                 to = done.to,

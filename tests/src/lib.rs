@@ -37,6 +37,7 @@ fn free_ports(count: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
+pub mod docker;
 pub mod proxy;
 pub mod workload;
 

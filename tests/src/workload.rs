@@ -271,16 +271,25 @@ pub async fn read_back(cluster: &mut Cluster, history: &History) -> usize {
     for id in &running {
         cluster.wait_applied(*id, target, Duration::from_secs(30)).await;
     }
+    let nodes: Vec<(u64, String)> = running.iter().map(|id| (*id, cluster.endpoint(*id))).collect();
+    read_back_from(&nodes, history).await
+}
+
+/// The reads of [`read_back`] from `nodes` (`(id, HOST:PORT)`), which the caller has already
+/// brought to one applied index (e.g. the container suite, whose nodes are not a [`Cluster`]).
+/// Returns how many keys it read.
+pub async fn read_back_from(nodes: &[(u64, String)], history: &History) -> usize {
     let keys: BTreeSet<String> = history.events().unwrap().into_iter().map(|e| e.key).collect();
     for key in &keys {
-        for &id in &running {
+        for (id, endpoint) in nodes {
+            let id = *id;
             let op = history.invoke(100 + id, NAMESPACE, key, Call::final_read());
             let request = pb::GetRequest {
                 namespace: NAMESPACE.into(),
                 key: key.as_bytes().to_vec(),
                 consistency: pb::Consistency::AnyReplica as i32,
             };
-            let read = call(ledger(&cluster.endpoint(id)).await.get(request)).await.expect("final read");
+            let read = call(ledger(endpoint).await.get(request)).await.expect("final read");
             let (state, token, outcome, digest) = match read.record {
                 None => (ReadState::None, None, None, None),
                 Some(record) => {
