@@ -2,17 +2,25 @@
 # Builds the dedup-ledger container image from this checkout: dedupd and dedupctl linked
 # statically (glibc, crt-static) for x86_64-unknown-linux-gnu, in an image FROM scratch that
 # runs as uid 65532. Usage: scripts/build-image.sh [TAG]   (default tag: dedup-ledger:dev)
+# DEDUP_IMAGE_PROFILE=dev builds the binaries with the dev profile the tests use (CI keeps to
+# one build profile); the default is release, for images to deploy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=${1:-dedup-ledger:dev}
 target=x86_64-unknown-linux-gnu
+profile=${DEDUP_IMAGE_PROFILE:-release}
+case "$profile" in
+  release) profile_dir=release ;;
+  dev) profile_dir=debug ;;
+  *) echo "DEDUP_IMAGE_PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
+esac
 
-echo "building static dedupd and dedupctl (release, $target, crt-static) ..."
+echo "building static dedupd and dedupctl ($profile, $target, crt-static) ..."
 # A target dir of its own: RUSTFLAGS differ from the test build, which would otherwise rebuild.
 RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/static \
-  cargo build --release --locked --target "$target" -p dedup-server -p dedup-client --bin dedupd --bin dedupctl
+  cargo build --profile "$profile" --locked --target "$target" -p dedup-server -p dedup-client --bin dedupd --bin dedupctl
 
-bin=target/static/$target/release
+bin=target/static/$target/$profile_dir
 for exe in dedupd dedupctl; do
   if ldd "$bin/$exe" 2>&1 | grep -q '=>'; then
     echo "$exe is not static:" >&2

@@ -20,7 +20,7 @@ cargo build --workspace --bins --tests
 # container schedules, on demand:
 #   DEDUP_DOCKER_LONG=5 cargo nextest run -p dedup-tests --test cluster_docker
 if docker_why=$(docker version --format '{{.Server.Version}}' 2>&1); then
-  scripts/build-image.sh
+  DEDUP_IMAGE_PROFILE=dev scripts/build-image.sh
   export DEDUP_DOCKER_REQUIRED=1
 else
   echo "no Docker engine answers (docker version: ${docker_why//$'\n'/ }); the cluster-docker suite will skip" >&2
