@@ -207,9 +207,9 @@ impl AdminService {
             .await
             .map_err(|error| ServiceError::from_propose(error, self.node.node_id))?;
         match applied.result.map_err(ServiceError::Rejected)? {
-            Answer::Forgotten(ack) | Answer::ForceReleased(ack) => Ok(pb::KeyOperatorResponse {
-                audit: Some(audit_to_pb(&ack.audit, applied.log_index, applied.ledger_time.as_ms())),
-            }),
+            Answer::Forgotten(ack) | Answer::ForceReleased(ack) => {
+                Ok(pb::KeyOperatorResponse { audit: Some(audit_to_pb(&ack.audit)) })
+            }
             other => Err(ServiceError::Storage(format!("an operator command was answered {other:?}"))),
         }
     }
@@ -277,7 +277,9 @@ pub fn dedupd_flags_for(node_id: NodeId, address: &str, members: &[pb::MemberInf
     ]
 }
 
-fn audit_to_pb(entry: &AuditEntry, applied_index: u64, ledger_time_ms: u64) -> pb::AuditEntry {
+/// The previous record is shown as of the change: its `applied_index` is the change's log index
+/// and its `ledger_time_ms` the change's time (the moment the record stopped being current).
+fn audit_to_pb(entry: &AuditEntry) -> pb::AuditEntry {
     pb::AuditEntry {
         log_index: entry.log_index,
         slot: u32::from(entry.slot),
@@ -287,12 +289,7 @@ fn audit_to_pb(entry: &AuditEntry, applied_index: u64, ledger_time_ms: u64) -> p
         key: entry.key.key.clone(),
         reason: entry.reason.clone(),
         operator: entry.operator.clone(),
-        previous: Some(convert::record_view(
-            &entry.key,
-            &entry.previous,
-            applied_index,
-            dedup_cluster::ledger::LedgerTime(ledger_time_ms),
-        )),
+        previous: Some(convert::record_view(&entry.key, &entry.previous, entry.log_index, entry.at)),
     }
 }
 
@@ -771,10 +768,7 @@ impl pb::admin_server::Admin for AdminService {
         let applied = self.node.reader.applied();
         let entries = self.read(move |reader| reader.audit(after, limit)).await?;
         Ok(Response::new(pb::AuditListResponse {
-            entries: entries
-                .iter()
-                .map(|entry| audit_to_pb(entry, applied.log_index, applied.ledger_time.as_ms()))
-                .collect(),
+            entries: entries.iter().map(audit_to_pb).collect(),
             applied_index: applied.log_index,
         }))
     }

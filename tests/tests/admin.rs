@@ -485,6 +485,12 @@ async fn keys_are_listed_repaired_and_audited() {
     let positions: Vec<(u64, u64)> =
         entries.iter().map(|e| (e["log_index"].as_u64().unwrap(), e["slot"].as_u64().unwrap())).collect();
     assert!(positions[0] < positions[1], "oldest first: {audit}");
+    for entry in entries {
+        // The replaced record is shown as of the change, with the state it had then.
+        assert_eq!(entry["previous"]["applied_index"], entry["log_index"], "{entry}");
+        assert_eq!(entry["previous"]["ledger_time_ms"], entry["at_ms"], "{entry}");
+    }
+    assert_eq!(entries[0]["previous"]["state"], "CLAIMED", "{audit}");
 
     // Counts by state: p-1..p-5, q-1, gone-1 claimed; done-1 completed; free-1 available.
     let stats = ctl(&at_leader, &["namespace", "stats", ns]).await;
