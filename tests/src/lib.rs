@@ -39,6 +39,7 @@ fn free_ports(count: usize) -> Vec<u16> {
 
 pub mod docker;
 pub mod proxy;
+pub mod schedule;
 pub mod workload;
 
 use proxy::LinkProxies;

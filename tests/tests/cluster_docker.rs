@@ -27,13 +27,14 @@ use std::time::Duration;
 use std::time::Instant;
 
 use dedup_checker::check;
-use dedup_checker::summary::SuiteSummary;
 use dedup_checker::HistoryWriter;
 use dedup_checker::Report;
 use dedup_tests::docker;
 use dedup_tests::docker::DockerCluster;
 use dedup_tests::docker::NodeState;
 use dedup_tests::docker::READY_WAIT;
+use dedup_tests::schedule;
+use dedup_tests::schedule::ScheduleOutcome;
 use dedup_tests::workload;
 use dedup_tests::workload::Counters;
 use dedup_tests::workload::History;
@@ -332,33 +333,22 @@ async fn run_schedule(name: &str, faults: &[Fault], seed: u64) -> ScheduleRun {
 
 /// Asserts a schedule kept every rule and proved its faults, then adds it to the summary.
 fn assert_survived(run: &ScheduleRun) {
-    let mut summary = SuiteSummary::default();
-    summary.add_report(&run.report);
-    summary.record(SUITE).expect("record the safety summary");
-    assert!(run.broken.is_none(), "seed {}: {:?}\n{}", run.seed, run.broken, run.logs);
-    assert!(run.exited.is_empty(), "seed {}: nodes exited by themselves: {:?}\n{}", run.seed, run.exited, run.logs);
-    assert!(run.report.is_valid(), "seed {}: safety violated:\n{}", run.seed, run.report);
-    let deposing = run.faults.iter().filter(|f| f.deposes_leader()).count() as u64;
-    assert!(
-        run.leader_changes >= deposing,
-        "seed {}: {} leader changes for {deposing} deposing faults",
-        run.seed,
-        run.leader_changes
+    schedule::assert_survived(
+        SUITE,
+        ScheduleOutcome {
+            seed: run.seed,
+            report: &run.report,
+            keys: run.keys,
+            leader_changes: run.leader_changes,
+            takeovers: run.takeovers,
+            fenced: run.fenced,
+            exited: &run.exited,
+            broken: run.broken.as_deref(),
+            snapshots: &run.snapshots,
+            faults: run.faults.iter().map(|fault| (fault.name(), fault.deposes_leader())).collect(),
+            logs: &run.logs,
+        },
     );
-    assert!(run.takeovers >= 1, "seed {}: no claim was taken over after a lapsed lease", run.seed);
-    assert!(run.fenced >= 1, "seed {}: no stale token was fenced", run.seed);
-    assert!(
-        run.snapshots.iter().all(|index| *index > 0),
-        "seed {}: a node never snapshotted: {:?}",
-        run.seed,
-        run.snapshots
-    );
-    assert!(run.report.stats.final_reads >= 3 * run.keys, "seed {}: not every key was read from every node", run.seed);
-    let mut survived = SuiteSummary { schedules_run: 1, ..Default::default() };
-    for fault in &run.faults {
-        *survived.schedules.entry(fault.name().to_string()).or_default() += 1;
-    }
-    survived.record(SUITE).expect("record the safety summary");
 }
 
 async fn schedule(name: &str, faults: &[Fault]) {
