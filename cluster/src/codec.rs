@@ -31,6 +31,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(postcard::from_bytes(body)?)
 }
 
+/// Decodes a value that starts `bytes` (after the version byte) and returns the bytes after it:
+/// reads the head of a long encoding (a snapshot file's meta) without the rest.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::UnsupportedVersion { found: version });
+    }
+    Ok(postcard::take_from_bytes(body)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

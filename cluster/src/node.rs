@@ -105,6 +105,8 @@ pub struct ClusterNode {
     pub dial: PeerDial,
     /// The storage engine (Raft log and ledger).
     engine: Arc<dyn Engine>,
+    /// The folder of this node's snapshot file.
+    snapshot_dir: PathBuf,
 }
 
 impl ClusterNode {
@@ -112,6 +114,11 @@ impl ClusterNode {
     /// rides on later flushes). Blocking: call at shutdown, after Raft stopped.
     pub fn flush_storage(&self) -> std::io::Result<()> {
         self.engine.flush()
+    }
+
+    /// Opens this node's current snapshot file (`None` before the first snapshot). Blocking.
+    pub fn open_snapshot_file(&self) -> std::io::Result<Option<store::SnapshotFileReader>> {
+        store::open_snapshot_file(&self.snapshot_dir)
     }
 }
 
@@ -175,7 +182,7 @@ pub async fn start_with<N: RaftNetworkFactory<TypeConfig>>(
     engine: Arc<dyn Engine>,
 ) -> Result<ClusterNode, NodeError> {
     let raft_config = checked_raft_config(&config)?;
-    let snapshot_dir = config.data_dir.join("snapshot");
+    let snapshot_dir = config.data_dir.join(store::SNAPSHOT_DIR);
     let (log_store, state_machine) = store::open_with_engine(engine, &snapshot_dir, observer)
         .map_err(|source| NodeError::Storage { dir: snapshot_dir.clone(), source })?;
     start_on(config, raft_config, clock, network, log_store, state_machine).await
@@ -238,5 +245,6 @@ async fn start_on<N: RaftNetworkFactory<TypeConfig>>(
         committed,
         dial: config.dial,
         engine,
+        snapshot_dir: config.data_dir.join(store::SNAPSHOT_DIR),
     })
 }

@@ -33,6 +33,8 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use crate::backup::stream_snapshot_file;
+use crate::backup::SnapshotChunks;
 use crate::convert;
 use crate::error::ServiceError;
 use crate::forward::LeaderChannels;
@@ -616,6 +618,30 @@ impl pb::admin_server::Admin for AdminService {
             purged_index: metrics.purged.map_or(0, |id| id.index),
             elapsed_ms: started.elapsed().as_millis() as u64,
         }))
+    }
+
+    type SnapshotDownloadStream = SnapshotChunks;
+
+    async fn snapshot_download(
+        &self,
+        _request: Request<pb::SnapshotDownloadRequest>,
+    ) -> Result<Response<Self::SnapshotDownloadStream>, Status> {
+        let node = self.node.clone();
+        let opened = tokio::task::spawn_blocking(move || node.open_snapshot_file())
+            .await
+            .map_err(|e| ServiceError::Storage(e.to_string()))?
+            .map_err(|e| ServiceError::Storage(format!("opening the snapshot file: {e}")))?;
+        let Some(snapshot) = opened else {
+            return Err(ServiceError::Missing {
+                reason: "NO_SNAPSHOT",
+                message: format!(
+                    "node {} has no snapshot yet; build one with `dedupctl snapshot trigger` first",
+                    self.node.node_id
+                ),
+            }
+            .into());
+        };
+        Ok(Response::new(stream_snapshot_file(self.node.node_id, snapshot)))
     }
 
     async fn state_hash(

@@ -13,7 +13,8 @@ use clap::Parser;
 #[command(
     name = "dedupd",
     version,
-    about = "One node of a dedup-ledger cluster (client, admin and Raft gRPC on one port)."
+    about = "One node of a dedup-ledger cluster (client, admin and Raft gRPC on one port).",
+    after_help = "Restoring a stopped node's data folder from a backup: `dedupd restore --help`."
 )]
 pub struct Config {
     /// This node's id (1, 2, ...): a member of --peers. Or use --node-id-from-hostname.
@@ -137,7 +138,7 @@ pub fn node_id_from_hostname(hostname: &str) -> Result<u64, String> {
 }
 
 /// This machine's host name: the kernel's, else `$HOSTNAME`.
-fn hostname() -> Result<String, String> {
+pub(crate) fn hostname() -> Result<String, String> {
     if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         if !name.trim().is_empty() {
             return Ok(name.trim().to_string());

@@ -48,6 +48,10 @@ pub enum ServiceError {
     /// member removal that would leave no quorum. `reason` is the stable reason string.
     #[error("{reason}: {message}")]
     Refused { reason: &'static str, message: String },
+    /// What an operator request asks for does not exist (NOT_FOUND), e.g. a snapshot before the
+    /// first one was built.
+    #[error("{reason}: {message}")]
+    Missing { reason: &'static str, message: String },
     /// An operator request that did not finish in its time bound; it may have taken effect.
     #[error("{reason}: {message}")]
     Incomplete { reason: &'static str, message: String },
@@ -121,6 +125,7 @@ fn code_and_reason(error: &ServiceError, metadata: &mut HashMap<String, String>)
         }
         ServiceError::TransferringLeadership => (Code::Unavailable, "LEADER_TRANSFER".to_string()),
         ServiceError::Refused { reason, .. } => (Code::FailedPrecondition, reason.to_string()),
+        ServiceError::Missing { reason, .. } => (Code::NotFound, reason.to_string()),
         ServiceError::Incomplete { reason, .. } => (Code::DeadlineExceeded, reason.to_string()),
     }
 }

@@ -2,6 +2,7 @@
 //! the admin API (`dedup.v1.Admin`) and the Raft peer transport on one gRPC port.
 
 pub mod admin_service;
+pub mod backup;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod hot_tier;
 pub mod leadership;
 pub mod ledger_service;
 pub mod metrics;
+pub mod restore;
 pub mod waiters;
 
 use std::future::Future;

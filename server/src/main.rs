@@ -1,3 +1,4 @@
+use clap::Parser;
 use dedup_server::config::Config;
 use dedup_server::config::LogFormat;
 use tracing_subscriber::EnvFilter;
@@ -9,6 +10,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|first| first == "restore") {
+        // An offline tool on a stopped node's folder: no node configuration, no logging setup.
+        let args = dedup_server::restore::RestoreArgs::parse_from(std::env::args_os().skip(1));
+        return dedup_server::restore::run(args).await;
+    }
     let config = Config::load_from(std::env::args_os()).unwrap_or_else(|error| error.exit());
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

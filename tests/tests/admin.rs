@@ -572,3 +572,109 @@ async fn a_server_enforced_attempt_timeout_is_retryable() {
          the client's retry loop treats as fatal instead of retrying at the next endpoint"
     );
 }
+
+/// `dedupd restore` of one node's folder: returns its exit code, stdout and stderr. `stdin`:
+/// feed the snapshot through standard input (`--snapshot -`) instead of naming the file.
+fn restore(id: u64, data_dir: &std::path::Path, snapshot: &std::path::Path, stdin: bool) -> (i32, String, String) {
+    let mut command = std::process::Command::new(dedup_tests::workspace_binary("dedupd"));
+    command.args(["restore", "--node-id", &id.to_string(), "--data-dir"]).arg(data_dir);
+    if stdin {
+        command.args(["--snapshot", "-"]).stdin(std::fs::File::open(snapshot).expect("the backup"));
+    } else {
+        command.arg("--snapshot").arg(snapshot).stdin(std::process::Stdio::null());
+    }
+    let output = command.output().expect("run dedupd restore");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A whole cluster lost and restored from a backup: `snapshot save` through a follower holds
+/// every write acknowledged before it, `dedupd restore` writes each member's empty folder from
+/// the one file, and the restored cluster elects a leader in a later term, agrees on its state
+/// hash, answers every record of the backup as it was (outcomes, live claims) and nothing
+/// written after it, and keeps fencing tokens growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_cluster_is_restored_from_a_saved_snapshot() {
+    let mut cluster = Cluster::start().await;
+    let client = DedupClient::new(cluster.endpoints()).unwrap();
+    let ns = "backup";
+    for i in 0..30 {
+        let key = format!("done-{i}");
+        let ClaimAnswer::Claimed(claim) =
+            client.check_and_claim(&ClaimRequest::new(ns, key.clone(), "w")).await.unwrap()
+        else {
+            panic!("{key} is new")
+        };
+        let outcome = Outcome::succeeded(format!("outcome {i}"));
+        client.complete(&CompleteRequest::new(ns, key, claim.token, outcome)).await.unwrap();
+    }
+    let held = claim(&cluster.endpoints(), ns, "held", "holder").await;
+    let released = token_of(&claim(&cluster.endpoints(), ns, "released", "w").await);
+    ctl(&cluster.endpoints(), &["release", ns, "released", "--token", &released.to_string()]).await;
+
+    let leader = cluster.wait_for_leader(None).await;
+    let follower = (1..=3u64).find(|id| *id != leader).expect("a follower");
+    let backup = tempfile::tempdir().unwrap();
+    let file = backup.path().join("ledger.snap");
+    // A young cluster has built no snapshot yet: nothing to download as it is.
+    let (code, err) =
+        ctl_fails(&[cluster.endpoint(follower)], &["snapshot", "save", file.to_str().unwrap(), "--no-trigger"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NO_SNAPSHOT") && err.contains("snapshot trigger"), "{err}");
+    assert!(!file.exists(), "nothing written");
+    let saved = ctl(&[cluster.endpoint(follower)], &["snapshot", "save", file.to_str().unwrap()]).await;
+    assert_eq!(saved["node_id"], follower, "{saved}");
+    let size = std::fs::metadata(&file).expect("the backup file").len();
+    assert_eq!(saved["size_bytes"], size, "{saved}");
+    assert_eq!(saved["voter_ids"], serde_json::json!([1, 2, 3]), "{saved}");
+    let snapshot_term = saved["snapshot_term"].as_u64().expect("snapshot_term");
+    assert!(std::fs::read_dir(backup.path()).unwrap().count() == 1, "no partial file is left behind");
+
+    // Written after the backup: not in it.
+    claim(&cluster.endpoints(), ns, "after-backup", "w").await;
+
+    // The whole cluster is lost.
+    for id in 1..=3u64 {
+        cluster.kill_node(id);
+        std::fs::remove_dir_all(&cluster.nodes[&id].data_dir).expect("wipe a data folder");
+    }
+    for id in 1..=3u64 {
+        let (code, out, err) = restore(id, &cluster.nodes[&id].data_dir, &file, id == 3);
+        assert_eq!(code, 0, "restore node {id}: {err}");
+        assert!(out.contains(&format!("restored node {id}")) && out.contains("members 1="), "{out}");
+    }
+    // A folder that is not empty is refused, and left as it was.
+    let (code, _, err) = restore(1, &cluster.nodes[&1].data_dir, &file, false);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not empty"), "{err}");
+    let (code, _, err) = restore(9, &backup.path().join("node-9"), &file, false);
+    assert_ne!(code, 0);
+    assert!(err.contains("node 9 is not in the snapshot's membership"), "{err}");
+
+    for id in 1..=3u64 {
+        cluster.start_node(id);
+    }
+    let leader = cluster.wait_for_leader(None).await;
+    let term = cluster.status(leader).await.expect("the leader's status").term;
+    assert!(term > snapshot_term, "the restored cluster elects in a later term ({term} <= {snapshot_term})");
+    agreed_hash(&cluster.endpoints(), true).await;
+
+    let client = DedupClient::new(cluster.endpoints()).unwrap();
+    for i in 0..30 {
+        let answer = client.check_and_claim(&ClaimRequest::new(ns, format!("done-{i}"), "again")).await.unwrap();
+        let ClaimAnswer::Completed(done) = answer else { panic!("done-{i} is completed: {answer:?}") };
+        assert_eq!(done.outcome.payload, format!("outcome {i}").into_bytes());
+    }
+    let answer = client.check_and_claim(&ClaimRequest::new(ns, "held", "other")).await.unwrap();
+    assert!(matches!(answer, ClaimAnswer::InProgress(_)), "the live claim is still held: {answer:?}");
+    let answer = client.check_and_claim(&ClaimRequest::new(ns, "after-backup", "w2")).await.unwrap();
+    assert!(matches!(answer, ClaimAnswer::Claimed(_)), "written after the backup, so not in it: {answer:?}");
+    let ClaimAnswer::Claimed(again) = client.check_and_claim(&ClaimRequest::new(ns, "released", "w2")).await.unwrap()
+    else {
+        panic!("a released key is claimable")
+    };
+    assert!(again.token > released && again.token > token_of(&held), "fencing tokens keep growing");
+}

@@ -69,7 +69,7 @@ fn operator(namespace: &str, key: &str) -> OperatorCommand {
     OperatorCommand { key: RecordKey::new(namespace, key), reason: "test".to_string(), operator: "ops".to_string() }
 }
 
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub(super) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(future)
 }
 
@@ -102,7 +102,7 @@ impl Replica {
 
 /// A log of every kind of change: a membership change, claims in two namespaces with short and
 /// default retention, completes, releases, forgets of each state, force-releases, a purge.
-fn mixed_log() -> Vec<Entry> {
+pub(super) fn mixed_log() -> Vec<Entry> {
     let mut entries = vec![membership(1)];
     let mut claims = Vec::new();
     for i in 0..12 {

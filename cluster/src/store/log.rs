@@ -98,8 +98,7 @@ impl LogStore {
     }
 
     fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
-        let bytes = codec::encode(value).map_err(io::Error::other)?;
-        self.engine.write(Space::RaftMeta, vec![(key.to_vec(), Some(bytes))])
+        write_meta(self.engine.as_ref(), key, value)
     }
 
     async fn flush(&self) -> io::Result<()> {
@@ -126,6 +125,17 @@ impl LogStore {
             }
         }
     }
+}
+
+fn write_meta<T: serde::Serialize>(engine: &dyn Engine, key: &[u8], value: &T) -> io::Result<()> {
+    let bytes = codec::encode(value).map_err(io::Error::other)?;
+    engine.write(Space::RaftMeta, vec![(key.to_vec(), Some(bytes))])
+}
+
+/// Stores and flushes a vote on an engine that no log store has open (a restore). Blocking.
+pub(super) fn save_vote_offline(engine: &dyn Engine, vote: &Vote) -> io::Result<()> {
+    write_meta(engine, META_VOTE, vote)?;
+    engine.flush()
 }
 
 /// Completes append callbacks in groups: one flush for every append queued before it started.

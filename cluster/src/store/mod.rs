@@ -2,6 +2,7 @@
 //! database (one sled `Db` per process: its flush is Db-wide, and several Dbs in one process
 //! invite sled's global-lock deadlocks).
 
+mod backup;
 mod engine;
 mod inspect;
 mod log;
@@ -11,6 +12,13 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use backup::open_snapshot_file;
+pub use backup::restore_node;
+pub use backup::RestoreError;
+pub use backup::RestoredNode;
+pub use backup::SnapshotFileReader;
+pub use backup::MOVED_ASIDE_PREFIX;
+pub use backup::SNAPSHOT_HEAD_BYTES_MAX;
 pub use engine::Engine;
 pub use engine::SledEngine;
 pub use engine::Space;
@@ -30,12 +38,17 @@ pub use state_machine::StateMachineStore;
 /// Re-exported for listings: [`LedgerReader::list_records`] filters by it.
 pub use crate::ledger::RecordStateFilter;
 
+/// The folder of a data folder that holds the sled database (Raft log and ledger).
+pub const SLED_DIR: &str = "sled";
+/// The folder of a data folder that holds the snapshot file.
+pub const SNAPSHOT_DIR: &str = "snapshot";
+
 /// Opens the node's storage under `data_dir` (`sled/` and `snapshot/`). Must be called inside a
 /// tokio runtime (the log store starts its flusher task).
 pub fn open(data_dir: &Path, observer: Option<Arc<dyn ApplyObserver>>) -> io::Result<(LogStore, StateMachineStore)> {
     std::fs::create_dir_all(data_dir)?;
-    let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&data_dir.join("sled"))?);
-    open_with_engine(engine, &data_dir.join("snapshot"), observer)
+    let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&data_dir.join(SLED_DIR))?);
+    open_with_engine(engine, &data_dir.join(SNAPSHOT_DIR), observer)
 }
 
 /// The node's storage on any engine (the simulation's in-memory one), with snapshot files under
@@ -50,6 +63,8 @@ pub fn open_with_engine(
     Ok((log, state_machine))
 }
 
+#[cfg(test)]
+mod backup_tests;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]

@@ -70,7 +70,7 @@ const META_AUDIT_COUNT: &[u8] = b"m/audit_count";
 /// Prefix of the audit trail: `a`, log index (8 bytes), slot (2 bytes), big-endian, so that the
 /// trail lists in log order and its oldest entry comes first.
 pub(super) const AUDIT_PREFIX: u8 = b'a';
-const SNAPSHOT_FILE: &str = "current.snap";
+pub(super) const SNAPSHOT_FILE: &str = "current.snap";
 /// Pairs a snapshot dump (or a digest) reads per engine scan: bounds each read, not the dump.
 const SNAPSHOT_SCAN_CHUNK: usize = 4096;
 
@@ -881,7 +881,7 @@ fn encode_body(body: &SnapshotBody) -> io::Result<Vec<u8>> {
     zstd::encode_all(plain.as_slice(), SNAPSHOT_ZSTD_LEVEL)
 }
 
-fn decode_body(bytes: &[u8]) -> io::Result<SnapshotBody> {
+pub(super) fn decode_body(bytes: &[u8]) -> io::Result<SnapshotBody> {
     let plain;
     let bytes = if bytes.starts_with(&ZSTD_MAGIC) {
         plain = zstd::decode_all(bytes)?;
@@ -894,8 +894,8 @@ fn decode_body(bytes: &[u8]) -> io::Result<SnapshotBody> {
 
 /// The snapshot payload: every pair of the ledger space at the snapshot point.
 #[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+pub(super) struct SnapshotBody {
+    pub(super) pairs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What a builder dumps: the journal of its snapshot point and the point's applied log id and

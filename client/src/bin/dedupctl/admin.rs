@@ -70,6 +70,18 @@ pub enum SnapshotVerb {
         #[arg(long)]
         cluster: bool,
     },
+    /// Back the ledger up to FILE: on the first --endpoints node, wait until it applied every
+    /// write acknowledged so far (a linearizable read), build a snapshot and download it. The
+    /// file holds every write acknowledged before the save began. Restore a cluster from it
+    /// with `dedupd restore` (docs/deploy.md).
+    Save {
+        /// Where to write the snapshot (written beside it, then renamed over it).
+        file: std::path::PathBuf,
+        /// Download the node's current snapshot as it is, without the read and the new build
+        /// (a node without a quorum can still hand out its last snapshot).
+        #[arg(long)]
+        no_trigger: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -386,8 +398,11 @@ pub async fn leader(client: &DedupClient, output: OutputFormat, verb: LeaderVerb
     Ok(EXIT_OK)
 }
 
-pub async fn snapshot(client: &DedupClient, output: OutputFormat, verb: SnapshotVerb) -> Result<u8, Error> {
-    let SnapshotVerb::Trigger { cluster } = verb;
+pub async fn snapshot(client: &DedupClient, output: OutputFormat, verb: SnapshotVerb) -> anyhow::Result<u8> {
+    let cluster = match verb {
+        SnapshotVerb::Trigger { cluster } => cluster,
+        SnapshotVerb::Save { file, no_trigger } => return snapshot_save(client, output, &file, no_trigger).await,
+    };
     let targets = targets(client, cluster).await?;
     let results =
         fan_out(client, &targets, pb::SnapshotTriggerRequest {}, |mut c, r| async move { c.snapshot_trigger(r).await })
@@ -411,6 +426,92 @@ pub async fn snapshot(client: &DedupClient, output: OutputFormat, verb: Snapshot
     );
     print_rows(output, &header, rows, value, None);
     Ok(any_failed(&results))
+}
+
+/// `snapshot save`: see [`SnapshotVerb::Save`].
+async fn snapshot_save(
+    client: &DedupClient,
+    output: OutputFormat,
+    file: &std::path::Path,
+    no_trigger: bool,
+) -> anyhow::Result<u8> {
+    use anyhow::Context;
+    use sha2::Digest;
+    use std::io::Write;
+
+    let endpoint = client.endpoints().into_iter().next().context("no --endpoints given")?;
+    if !no_trigger {
+        // Applied up to the commit index of a moment after the save began, then a snapshot of
+        // at least that: every write acknowledged before the save is in the file.
+        client.admin_at(&endpoint, pb::HealthRequest {}, |mut c, r| async move { c.health(r).await }).await?;
+        client
+            .admin_at(&endpoint, pb::SnapshotTriggerRequest {}, |mut c, r| async move { c.snapshot_trigger(r).await })
+            .await?;
+    }
+    let mut chunks = client
+        .admin_at(&endpoint, pb::SnapshotDownloadRequest {}, |mut c, r| async move { c.snapshot_download(r).await })
+        .await?;
+    let first = chunks.message().await.map_err(|s| Error::from_status(&s))?;
+    let info = first.and_then(|chunk| chunk.info).context("the node sent no snapshot description")?;
+    let partial = file.with_extension(format!("partial.{}", std::process::id()));
+    let mut out = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let received = async {
+        let mut hasher = sha2::Sha256::new();
+        let mut written: u64 = 0;
+        loop {
+            let chunk = chunks
+                .message()
+                .await
+                .map_err(|s| Error::from_status(&s))?
+                .context("the download ended before the file's checksum: the copy is incomplete")?;
+            if !chunk.sha256.is_empty() {
+                let sha256 = hex_encode(&hasher.finalize());
+                anyhow::ensure!(
+                    written == info.size_bytes && sha256 == chunk.sha256,
+                    "the copy does not match the node's file: {written} of {} bytes, sha256 {sha256} vs {}",
+                    info.size_bytes,
+                    chunk.sha256
+                );
+                return anyhow::Ok(sha256);
+            }
+            hasher.update(&chunk.data);
+            written += chunk.data.len() as u64;
+            out.write_all(&chunk.data).with_context(|| format!("writing {}", partial.display()))?;
+        }
+    }
+    .await;
+    let finished = received.and_then(|sha256| {
+        out.sync_all().with_context(|| format!("syncing {}", partial.display()))?;
+        std::fs::rename(&partial, file).with_context(|| format!("renaming to {}", file.display()))?;
+        Ok(sha256)
+    });
+    let sha256 = match finished {
+        Ok(sha256) => sha256,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error);
+        }
+    };
+    match output {
+        OutputFormat::Json => println!(
+            "{}",
+            pretty(&json!({
+                "file": file.display().to_string(), "node_id": info.node_id, "endpoint": display_endpoint(&endpoint),
+                "snapshot_index": info.snapshot_index, "snapshot_term": info.snapshot_term,
+                "size_bytes": info.size_bytes, "sha256": sha256, "voter_ids": info.voter_ids,
+            }))
+        ),
+        OutputFormat::Table => println!(
+            "saved node {}'s snapshot (the ledger after entry {}, term {}; voters {:?}) to {}: {} bytes, sha256 {sha256}",
+            info.node_id,
+            info.snapshot_index,
+            info.snapshot_term,
+            info.voter_ids,
+            file.display(),
+            info.size_bytes
+        ),
+    }
+    Ok(EXIT_OK)
 }
 
 pub async fn hash(client: &DedupClient, output: OutputFormat, cluster: bool) -> Result<u8, Error> {

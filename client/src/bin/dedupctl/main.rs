@@ -181,7 +181,7 @@ enum Command {
     /// Leadership: `leader transfer [--to ID]`.
     #[command(subcommand)]
     Leader(admin::LeaderVerb),
-    /// Raft snapshots: `snapshot trigger [--cluster]`.
+    /// Raft snapshots: `snapshot trigger [--cluster]`, and backups: `snapshot save FILE`.
     #[command(subcommand)]
     Snapshot(admin::SnapshotVerb),
     /// SHA-256 of each node's ledger at its applied index; replicas at the same index must agree.
@@ -357,7 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Member(verb) => return Ok(admin::member(&client, cli.output, verb).await?),
         Command::Leader(verb) => return Ok(admin::leader(&client, cli.output, verb).await?),
-        Command::Snapshot(verb) => return Ok(admin::snapshot(&client, cli.output, verb).await?),
+        Command::Snapshot(verb) => return admin::snapshot(&client, cli.output, verb).await,
         Command::Hash { cluster } => return Ok(admin::hash(&client, cli.output, cluster).await?),
         Command::Health { cluster } => return Ok(admin::health(&client, cli.output, cluster).await?),
         Command::Key(verb) => return Ok(admin::key(&client, cli.output, verb).await?),
