@@ -284,8 +284,26 @@ struct Cluster {
     targets: Vec<String>,
 }
 
+/// How long a run waits for the nodes it targets to answer in the roles it needs (a cluster that
+/// just started may still be electing).
+const RESOLVE_WAIT: Duration = Duration::from_secs(10);
+
 impl Cluster {
+    /// The target endpoints, waiting up to [`RESOLVE_WAIT`] for them to exist.
     async fn resolve(admin: DedupClient, target: BenchTarget) -> anyhow::Result<Cluster> {
+        let deadline = Instant::now() + RESOLVE_WAIT;
+        loop {
+            match Cluster::resolve_once(&admin, target).await {
+                Ok(targets) => return Ok(Cluster { admin, targets }),
+                Err(error) if Instant::now() >= deadline => {
+                    return Err(error.context(format!("after waiting {} s", RESOLVE_WAIT.as_secs())))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    async fn resolve_once(admin: &DedupClient, target: BenchTarget) -> anyhow::Result<Vec<String>> {
         let statuses = admin.cluster_status().await;
         let answered: Vec<(String, NodeStatus)> =
             statuses.into_iter().filter_map(|(endpoint, status)| status.ok().map(|s| (endpoint, s))).collect();
@@ -311,7 +329,7 @@ impl Cluster {
         if targets.is_empty() {
             bail!("no endpoint is a {target:?} now (see `dedupctl status`)");
         }
-        Ok(Cluster { admin, targets })
+        Ok(targets)
     }
 
     async fn connect(&self, connections: usize) -> anyhow::Result<Vec<LedgerClient<Channel>>> {
