@@ -10,7 +10,8 @@
 //!    votes for its longest election timeout after it last heard from the leader), then ask the
 //!    target to campaign (Admin.Campaign) once, and again only if no leader emerged after
 //!    [`CAMPAIGN_WAIT`]: asking sooner would start a new term before the running vote finished
-//!    (which livelocked transfers under load), until [`LEADER_TRANSFER_TIMEOUT`] ends;
+//!    (which livelocked transfers under load), until [`LEADER_TRANSFER_TIMEOUT`] ends, or until
+//!    the target refused twice in a row (it is stopping too, or gone);
 //! 4. whatever happened, switch heartbeats and elections back on and release the hold.
 //!
 //! Safety does not depend on any of this: it is an ordinary Raft election. The only cost of a
@@ -37,6 +38,13 @@ const LEASE_MARGIN: Duration = Duration::from_millis(50);
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one Campaign call.
 const CAMPAIGN_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Campaign calls in a row the target may refuse (connection refused, Raft stopped) before the
+/// transfer gives up: a target that is stopping too (a whole cluster shut down at once) or gone
+/// cannot take over, and waiting out [`LEADER_TRANSFER_TIMEOUT`] for it only delays this node's
+/// own stop.
+const CAMPAIGN_REFUSALS_MAX: u32 = 2;
+/// Pause before asking again after a refused Campaign call.
+const CAMPAIGN_RETRY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -173,6 +181,7 @@ async fn hand_over(
     tokio::time::sleep(quiet.min(deadline.saturating_duration_since(Instant::now()))).await;
     let channel = channels.channel(target_address).map_err(TransferError::Failed)?;
     let mut last_error = String::from("no answer yet");
+    let mut refusals = 0;
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -183,11 +192,35 @@ async fn hand_over(
         }
         let mut request = tonic::Request::new(pb::CampaignRequest {});
         request.set_timeout(CAMPAIGN_CALL_TIMEOUT);
-        match tokio::time::timeout(CAMPAIGN_CALL_TIMEOUT, AdminClient::new(channel.clone()).campaign(request)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(status)) => last_error = format!("Campaign on node {target}: {}", status.message()),
-            Err(_) => last_error = format!("Campaign on node {target}: no answer"),
+        // Refused: the target cannot take over (its server is gone or its Raft stopped). A slow
+        // answer is not a refusal: a loaded target gets the usual wait.
+        let mut client = AdminClient::new(channel.clone());
+        let refused = match tokio::time::timeout(CAMPAIGN_CALL_TIMEOUT, client.campaign(request)).await {
+            Ok(Ok(_)) => false,
+            Ok(Err(status)) => {
+                last_error = format!("Campaign on node {target}: {}", status.message());
+                // Every answer of our service carries an ErrorInfo: a status without one came
+                // from the transport (connection refused or reset). A target whose Raft already
+                // stopped answers SHUTTING_DOWN.
+                tonic_types::StatusExt::get_details_error_info(&status)
+                    .is_none_or(|info| info.reason == "SHUTTING_DOWN")
+            }
+            Err(_) => {
+                last_error = format!("Campaign on node {target}: no answer");
+                false
+            }
+        };
+        if refused {
+            refusals += 1;
+            if refusals >= CAMPAIGN_REFUSALS_MAX {
+                return Err(TransferError::Failed(format!(
+                    "node {target} does not answer (stopping, or unreachable): {last_error}"
+                )));
+            }
+            tokio::time::sleep(CAMPAIGN_RETRY.min(deadline.saturating_duration_since(Instant::now()))).await;
+            continue;
         }
+        refusals = 0;
         let wait = CAMPAIGN_WAIT.min(deadline.saturating_duration_since(Instant::now()));
         let led = node
             .raft

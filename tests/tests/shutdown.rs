@@ -230,6 +230,31 @@ async fn readiness_follows_quorum_and_liveness_does_not() {
     }
 }
 
+/// A whole cluster stopped at once (`docker compose down`, `helm uninstall`): the leader's
+/// handover finds no voter that answers and gives up at once instead of waiting out the
+/// transfer bound (it took the whole 10 s before), and every node exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_every_node_at_once_does_not_wait_out_the_transfer_bound() {
+    let mut cluster = Cluster::start_with(&["--shutdown-grace-ms", "1000"]).await;
+    let leader = cluster.wait_for_leader(None).await;
+    for id in 1..=3 {
+        cluster.terminate_node(id);
+    }
+    // Under LEADER_TRANSFER_TIMEOUT (10 s): a leader that waited it out fails this.
+    let bound = Duration::from_secs(7);
+    for id in 1..=3 {
+        let exit = cluster.wait_exit(id, bound).await;
+        let exit = exit.unwrap_or_else(|| panic!("node {id} still runs after {bound:?}:\n{}", cluster.log_tail(id)));
+        assert!(exit.success(), "node {id}: {exit:?}:\n{}", cluster.log_tail(id));
+    }
+    let log = cluster.log(leader);
+    assert!(
+        log.contains("could not hand leadership over") && log.contains("does not answer"),
+        "the leader gave up because its target stopped too:\n{}",
+        cluster.log_tail(leader)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_a_follower_and_of_a_waiting_joiner_exits_zero() {
     let mut cluster = Cluster::start_with(&["--shutdown-grace-ms", "2000"]).await;
