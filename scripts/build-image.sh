@@ -3,7 +3,8 @@
 # statically (glibc, crt-static) for x86_64-unknown-linux-gnu, in an image FROM scratch that
 # runs as uid 65532. Usage: scripts/build-image.sh [TAG]   (default tag: dedup-ledger:dev)
 # DEDUP_IMAGE_PROFILE=dev builds the binaries with the dev profile the tests use (CI keeps to
-# one build profile); the default is release, for images to deploy.
+# one build profile); the default is release, for images to deploy. DEDUP_IMAGE_BINARIES=DIR
+# takes dedupd and dedupctl from DIR instead of building them (they must be static).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=${1:-dedup-ledger:dev}
@@ -15,12 +16,18 @@ case "$profile" in
   *) echo "DEDUP_IMAGE_PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
 esac
 
-echo "building static dedupd and dedupctl ($profile, $target, crt-static) ..."
-# A target dir of its own: RUSTFLAGS differ from the test build, which would otherwise rebuild.
-RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/static \
-  cargo build --profile "$profile" --locked --target "$target" -p dedup-server -p dedup-client --bin dedupd --bin dedupctl
-
-bin=target/static/$target/$profile_dir
+if [[ -n "${DEDUP_IMAGE_BINARIES:-}" ]]; then
+  # Binaries built already, statically (scripts/test.sh builds everything that way, so the
+  # image holds the very dedupd the other suites ran, without a second build).
+  bin=$DEDUP_IMAGE_BINARIES
+  echo "taking dedupd and dedupctl from $bin"
+else
+  echo "building static dedupd and dedupctl ($profile, $target, crt-static) ..."
+  # A target dir of its own: RUSTFLAGS differ from a plain build, which would otherwise rebuild.
+  RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/static \
+    cargo build --profile "$profile" --locked --target "$target" -p dedup-server -p dedup-client --bin dedupd --bin dedupctl
+  bin=target/static/$target/$profile_dir
+fi
 for exe in dedupd dedupctl; do
   if ldd "$bin/$exe" 2>&1 | grep -q '=>'; then
     echo "$exe is not static:" >&2

@@ -14,13 +14,19 @@ cd "$(dirname "$0")/.."
 export DEDUP_SAFETY_DIR="$PWD/target/safety"
 rm -rf "$DEDUP_SAFETY_DIR"
 
+# One build serves every suite and the image: everything links statically (glibc, crt-static),
+# as the image FROM scratch needs, for an explicit target so that build scripts and proc macros
+# stay dynamic. Binaries and tests land in target/x86_64-unknown-linux-gnu/debug; each cargo
+# command below (and in scripts/bug-zoo.sh) inherits these settings, so none rebuilds.
+export CARGO_BUILD_TARGET=x86_64-unknown-linux-gnu
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
 cargo build --workspace --bins --tests
 # The container fault suite (tests/tests/cluster_docker.rs) runs the dedup-ledger:dev image: build
 # it when a Docker engine answers, and then require the suite to run rather than skip. Longer
 # container schedules, on demand:
 #   DEDUP_DOCKER_LONG=5 cargo nextest run -p dedup-tests --test cluster_docker
 if docker_why=$(docker version --format '{{.Server.Version}}' 2>&1); then
-  DEDUP_IMAGE_PROFILE=dev scripts/build-image.sh
+  DEDUP_IMAGE_BINARIES="target/$CARGO_BUILD_TARGET/debug" scripts/build-image.sh
   export DEDUP_DOCKER_REQUIRED=1
 else
   echo "no Docker engine answers (docker version: ${docker_why//$'\n'/ }); the cluster-docker suite will skip" >&2
