@@ -21,7 +21,6 @@ use crate::store;
 use crate::store::ApplyObserver;
 use crate::store::Engine;
 use crate::store::LedgerReader;
-use crate::store::LogFlusher;
 use crate::store::LogStore;
 use crate::store::StateMachineStore;
 
@@ -184,8 +183,7 @@ pub async fn start_with<N: RaftNetworkFactory<TypeConfig>>(
 ) -> Result<ClusterNode, NodeError> {
     let raft_config = checked_raft_config(&config)?;
     let snapshot_dir = config.data_dir.join(store::SNAPSHOT_DIR);
-    // Flushes through tokio's blocking pool, which paused time waits for.
-    let (log_store, state_machine) = store::open_with_engine(engine, &snapshot_dir, observer, LogFlusher::BlockingPool)
+    let (log_store, state_machine) = store::open_with_engine(engine, &snapshot_dir, observer)
         .map_err(|source| NodeError::Storage { dir: snapshot_dir.clone(), source })?;
     start_on(config, raft_config, clock, network, log_store, state_machine).await
 }

@@ -104,20 +104,11 @@ pub struct Config {
     #[arg(long, env = "DEDUP_SHUTDOWN_GRACE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_grace_ms: u64,
 
-    /// Async worker threads of this node's runtime (gRPC, Raft core, replication); 0: one per
-    /// CPU this process may use. Fewer workers than CPUs cost throughput on a node with the
-    /// machine to itself, but save thread hand-offs where several nodes share few cores.
-    #[arg(long, env = "DEDUP_WORKER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=WORKER_THREADS_MAX))]
-    pub worker_threads: u64,
-
     /// A TOML file of settings, keyed by flag name (`node-id = 1`, `peers = "1=..."`). Flags and
     /// DEDUP_* variables override it.
     #[arg(long, env = "DEDUP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
-
-/// Most async worker threads --worker-threads may ask for.
-pub const WORKER_THREADS_MAX: u64 = 256;
 
 /// Largest first membership --initial-members may name (Raft clusters are 3 or 5 voters).
 pub const INITIAL_MEMBERS_MAX: u64 = 9;
@@ -417,11 +408,6 @@ mod tests {
         std::fs::write(&path, "heartbeat-ms = 1\nnode-id = 1\npeers = \"1=a:1\"\ndata-dir = \"/d\"\n").unwrap();
         let error = Config::load_from(["dedupd", "--config", path.to_str().unwrap()]).unwrap_err().to_string();
         assert!(error.contains("heartbeat-ms"), "a value outside its range names the flag: {error}");
-        let error =
-            Config::load_from(["dedupd", "--node-id=1", "--peers=1=a:1", "--data-dir=/d", "--worker-threads=257"])
-                .unwrap_err()
-                .to_string();
-        assert!(error.contains("--worker-threads") && error.contains("256"), "the limit is named: {error}");
     }
 
     #[test]

@@ -8,26 +8,14 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     if std::env::args_os().nth(1).is_some_and(|first| first == "restore") {
         // An offline tool on a stopped node's folder: no node configuration, no logging setup.
         let args = dedup_server::restore::RestoreArgs::parse_from(std::env::args_os().skip(1));
-        return runtime(0)?.block_on(dedup_server::restore::run(args));
+        return dedup_server::restore::run(args).await;
     }
     let config = Config::load_from(std::env::args_os()).unwrap_or_else(|error| error.exit());
-    runtime(config.worker_threads)?.block_on(serve(config))
-}
-
-/// A multi-threaded runtime with `workers` async workers (0: one per available CPU).
-fn runtime(workers: u64) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        builder.worker_threads(workers as usize);
-    }
-    Ok(builder.enable_all().build()?)
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {

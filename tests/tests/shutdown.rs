@@ -317,7 +317,7 @@ async fn a_node_configured_by_file_serves_and_logs_json() {
                 &config,
                 format!(
                     "node-id = 1\nlisten = \"{address}\"\npeers = \"1={address}\"\ndata-dir = \"{}\"\n\
-                     heartbeat-ms = 50\nelection-timeout-ms = 300\nshutdown-grace-ms = 2000\nworker-threads = 1\n",
+                     heartbeat-ms = 50\nelection-timeout-ms = 300\nshutdown-grace-ms = 2000\n",
                     data_dir.display()
                 ),
             )
@@ -325,17 +325,7 @@ async fn a_node_configured_by_file_serves_and_logs_json() {
             let stderr = std::fs::File::create(&stderr_path).unwrap();
             let mut command = Command::new(workspace_binary("dedupd"));
             command.arg("--config").arg(&config).args(["--log-format", "json"]);
-            for name in [
-                "NODE_ID",
-                "LISTEN",
-                "PEERS",
-                "DATA_DIR",
-                "LOG_FORMAT",
-                "CONFIG",
-                "JOIN",
-                "HEARTBEAT_MS",
-                "WORKER_THREADS",
-            ] {
+            for name in ["NODE_ID", "LISTEN", "PEERS", "DATA_DIR", "LOG_FORMAT", "CONFIG", "JOIN", "HEARTBEAT_MS"] {
                 command.env_remove(format!("DEDUP_{name}"));
             }
             let child = command

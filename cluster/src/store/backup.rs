@@ -191,7 +191,7 @@ pub async fn restore_node(
         (false, true) => Some(move_aside(data_dir, &contents).map_err(storage_error)?),
     };
     let written = async {
-        // No log store: it would start a flusher that keeps the database open (and locked)
+        // No log store: it would start a flusher task that keeps the database open (and locked)
         // after the restore returns.
         std::fs::create_dir_all(data_dir)?;
         let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&data_dir.join(super::SLED_DIR))?);

@@ -67,7 +67,7 @@ fn stores(dir: &std::path::Path) -> (LogStore, StateMachineStore, Arc<AtomicBool
     let failing = Arc::new(AtomicBool::new(false));
     let engine: Arc<dyn Engine> =
         Arc::new(FailingEngine { inner: SledEngine::open(&dir.join("sled")).unwrap(), failing: failing.clone() });
-    let log = LogStore::new(engine.clone(), LogFlusher::Thread).unwrap();
+    let log = LogStore::new(engine.clone());
     let state_machine = StateMachineStore::new(engine, dir.join("snapshot"), None).unwrap();
     (log, state_machine, failing)
 }

@@ -3,8 +3,8 @@
 //! Durability rules (DESIGN §7, research openraft-sled.md §4):
 //! - `save_vote` and `truncate` return only after a flush.
 //! - `append` makes entries readable at once and reports them durable (the callback) only after
-//!   a flush. One flusher ([`LogFlusher`]) serves all appends: every append waiting when a
-//!   flush starts is covered by it, so a burst of appends costs one flush.
+//!   a flush. One flusher task serves all appends: every append waiting when a flush starts is
+//!   covered by it, so a burst of appends costs one flush.
 //! - `purge` writes `last_purged` before deleting anything, so a crash in between leaves entries
 //!   openraft ignores rather than a hole it cannot explain.
 
@@ -67,23 +67,12 @@ async fn timed_flush(engine: Arc<dyn Engine>) -> io::Result<()> {
 }
 
 impl LogStore {
-    /// Starts the flusher, which ends once every clone of this store is dropped. Must be called
-    /// inside a tokio runtime (`LogFlusher::BlockingPool` spawns a task).
-    pub fn new(engine: Arc<dyn Engine>, flusher: LogFlusher) -> io::Result<LogStore> {
+    /// Must be called inside a tokio runtime: it starts the flusher task.
+    pub fn new(engine: Arc<dyn Engine>) -> LogStore {
         let (flush_requests, pending) = mpsc::unbounded_channel();
         let flushes = Arc::new(AtomicU64::new(0));
-        let (flusher_engine, flusher_count) = (engine.clone(), flushes.clone());
-        match flusher {
-            LogFlusher::Thread => {
-                std::thread::Builder::new()
-                    .name("raft-log-flush".into())
-                    .spawn(move || run_flusher_thread(flusher_engine, pending, flusher_count))?;
-            }
-            LogFlusher::BlockingPool => {
-                tokio::spawn(run_flusher_task(flusher_engine, pending, flusher_count));
-            }
-        }
-        Ok(LogStore { engine, flush_requests, flushes, committed: Arc::default() })
+        tokio::spawn(run_flusher(engine.clone(), pending, flushes.clone()));
+        LogStore { engine, flush_requests, flushes, committed: Arc::default() }
     }
 
     /// The storage engine under this store (shared with the state machine), for a final flush.
@@ -149,67 +138,30 @@ pub(super) fn save_vote_offline(engine: &dyn Engine, vote: &Vote) -> io::Result<
     engine.flush()
 }
 
-/// Where the log store runs the flushes that make appends durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFlusher {
-    /// A thread of its own (`dedupd`): each append costs one wake-up of that thread, instead of
-    /// the three hand-offs of a task that flushes through tokio's blocking pool; on few cores
-    /// shared by several nodes those hand-offs were a large part of a write's latency.
-    Thread,
-    /// A tokio task flushing through the blocking pool: paused tokio time waits for it, so the
-    /// deterministic simulation (`tests/sim`) keeps flushes inside simulated time.
-    BlockingPool,
-}
-
-/// Every append waiting when a flush starts: one flush covers them all.
-fn take_group(first: FlushRequest, pending: &mut mpsc::UnboundedReceiver<FlushRequest>) -> Vec<FlushRequest> {
-    let mut group = vec![first];
-    while let Ok(next) = pending.try_recv() {
-        group.push(next);
-    }
-    group
-}
-
-/// Reports a group's flush to openraft: every append of it is durable, or the node stops.
-fn complete_group(group: Vec<FlushRequest>, result: &io::Result<()>) {
-    if let Err(error) = result {
-        tracing::error!(%error, "flushing the Raft log failed; the node stops (fail-stop)");
-    }
-    for (callback, appended) in group {
-        let outcome = match result {
-            Ok(()) => Ok(()),
-            Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
-        };
-        callback.log_io_completed(outcome);
-        metrics::log().append.observe(appended.elapsed());
-    }
-}
-
-fn run_flusher_thread(
-    engine: Arc<dyn Engine>,
-    mut pending: mpsc::UnboundedReceiver<FlushRequest>,
-    flushes: Arc<AtomicU64>,
-) {
-    while let Some(first) = pending.blocking_recv() {
-        let group = take_group(first, &mut pending);
-        flushes.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let result = engine.flush();
-        metrics::log().flush.observe(started.elapsed());
-        complete_group(group, &result);
-    }
-}
-
-async fn run_flusher_task(
+/// Completes append callbacks in groups: one flush for every append queued before it started.
+async fn run_flusher(
     engine: Arc<dyn Engine>,
     mut pending: mpsc::UnboundedReceiver<FlushRequest>,
     flushes: Arc<AtomicU64>,
 ) {
     while let Some(first) = pending.recv().await {
-        let group = take_group(first, &mut pending);
+        let mut group = vec![first];
+        while let Ok(next) = pending.try_recv() {
+            group.push(next);
+        }
         flushes.fetch_add(1, Ordering::Relaxed);
         let result = timed_flush(engine.clone()).await;
-        complete_group(group, &result);
+        if let Err(error) = &result {
+            tracing::error!(%error, "flushing the Raft log failed; the node stops (fail-stop)");
+        }
+        for (callback, appended) in group {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+            };
+            callback.log_io_completed(outcome);
+            metrics::log().append.observe(appended.elapsed());
+        }
     }
 }
 

@@ -25,7 +25,6 @@ pub use engine::Space;
 pub use inspect::NamespaceStats;
 pub use inspect::RecordPage;
 pub use inspect::StateDigest;
-pub use log::LogFlusher;
 pub use log::LogStore;
 pub use state_machine::record_storage_key;
 pub use state_machine::AppliedState;
@@ -44,23 +43,22 @@ pub const SLED_DIR: &str = "sled";
 /// The folder of a data folder that holds the snapshot file.
 pub const SNAPSHOT_DIR: &str = "snapshot";
 
-/// Opens the node's storage under `data_dir` (`sled/` and `snapshot/`), the log flushing on a
-/// thread of its own.
+/// Opens the node's storage under `data_dir` (`sled/` and `snapshot/`). Must be called inside a
+/// tokio runtime (the log store starts its flusher task).
 pub fn open(data_dir: &Path, observer: Option<Arc<dyn ApplyObserver>>) -> io::Result<(LogStore, StateMachineStore)> {
     std::fs::create_dir_all(data_dir)?;
     let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&data_dir.join(SLED_DIR))?);
-    open_with_engine(engine, &data_dir.join(SNAPSHOT_DIR), observer, LogFlusher::Thread)
+    open_with_engine(engine, &data_dir.join(SNAPSHOT_DIR), observer)
 }
 
 /// The node's storage on any engine (the simulation's in-memory one), with snapshot files under
-/// `snapshot_dir`. Must be called inside a tokio runtime when `flusher` is a task.
+/// `snapshot_dir`. Must be called inside a tokio runtime (the log store starts its flusher task).
 pub fn open_with_engine(
     engine: Arc<dyn Engine>,
     snapshot_dir: &Path,
     observer: Option<Arc<dyn ApplyObserver>>,
-    flusher: LogFlusher,
 ) -> io::Result<(LogStore, StateMachineStore)> {
-    let log = LogStore::new(engine.clone(), flusher)?;
+    let log = LogStore::new(engine.clone());
     let state_machine = StateMachineStore::new(engine, snapshot_dir.to_path_buf(), observer)?;
     Ok((log, state_machine))
 }

@@ -30,8 +30,7 @@
 //!
 //! - openraft 0.9 draws election timeouts from `rand::thread_rng` (the deterministic RNG hook
 //!   exists only in 0.10), and tokio's `select!` picks branches at random;
-//! - the log store flushes through `spawn_blocking` (`LogFlusher::BlockingPool`; `dedupd` uses a
-//!   thread of its own, which paused time could not wait for), on real threads (tokio holds
+//! - the log store flushes through `spawn_blocking`, which runs on real threads (tokio holds
 //!   paused time still while one runs, so timing stays simulated, but completion order is real);
 //! - faults aimed at "the leader" resolve it when they fire, and the network's draws are taken
 //!   in the order messages are sent, both of which follow the interleaving above.
