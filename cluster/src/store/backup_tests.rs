@@ -22,7 +22,14 @@ fn source_snapshot() -> (tempfile::TempDir, Vec<u8>, StateDigest) {
         let (_log, mut state_machine) = open(dir.path(), None).expect("open the source");
         state_machine.apply(mixed_log()).await.expect("apply");
         let digest = state_machine.reader().state_digest().expect("a digest");
-        state_machine.get_snapshot_builder().await.build_snapshot().await.expect("a snapshot");
+        let built = state_machine.get_snapshot_builder().await.build_snapshot().await.expect("a snapshot");
+        let current = state_machine.get_current_snapshot().await.expect("read").expect("the file");
+        assert_eq!(built.snapshot.get_ref(), current.snapshot.get_ref(), "the built body is the file's");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("snapshot"))
+            .expect("the snapshot folder")
+            .map(|entry| entry.expect("an entry").file_name())
+            .collect();
+        assert_eq!(names, ["current.snap"], "no scratch file is left behind");
         let reader = open_snapshot_file(&dir.path().join("snapshot")).expect("read").expect("a snapshot file");
         assert_eq!(reader.meta.last_log_id.map(|id| id.index), Some(digest.applied.log_index));
         let bytes = std::fs::read(dir.path().join("snapshot/current.snap")).expect("the file");

@@ -111,20 +111,57 @@ impl LogStore {
         pairs.iter().map(|(_, value)| codec::decode::<Entry>(value).map_err(io::Error::other)).collect()
     }
 
-    /// Removes the entries with index in `(from, to)`, in chunks.
-    fn remove_range(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> io::Result<()> {
-        loop {
-            let keys = self.engine.scan(Space::RaftLog, from.clone(), to.clone(), PURGE_CHUNK_ENTRIES)?;
-            if keys.is_empty() {
-                return Ok(());
+    /// The index of the first or the last entry in the log, if any.
+    fn end_index(&self, last: bool) -> io::Result<Option<u64>> {
+        let pair = if last {
+            self.engine.last(Space::RaftLog)?
+        } else {
+            self.engine.scan(Space::RaftLog, Bound::Unbounded, Bound::Unbounded, 1)?.pop()
+        };
+        match pair {
+            Some((key, _)) => {
+                let bytes: [u8; 8] =
+                    key.as_slice().try_into().map_err(|_| io::Error::other("a Raft log key is not 8 bytes"))?;
+                Ok(Some(u64::from_be_bytes(bytes)))
             }
-            let done = keys.len() < PURGE_CHUNK_ENTRIES;
-            self.engine.write(Space::RaftLog, keys.into_iter().map(|(k, _)| (k, None)).collect())?;
-            if done {
-                return Ok(());
-            }
+            None => Ok(None),
         }
     }
+
+    /// Removes the entries with index in `first..=last`, `PURGE_CHUNK_ENTRIES` keys per write,
+    /// from the low end (`HighFirst`: from the high end). Reads no entry: Raft log indexes are
+    /// contiguous and removing an absent key does nothing, so memory stays one chunk of keys
+    /// however large the entries (scanning them to find the keys once held up to 4 096 entries
+    /// of up to 96 KiB each).
+    fn remove_indexes(&self, first: u64, last: u64, order: RemoveOrder) -> io::Result<()> {
+        let chunk = PURGE_CHUNK_ENTRIES as u64;
+        let mut remaining = (first <= last).then_some((first, last));
+        while let Some((low, high)) = remaining {
+            let (from, to) = match order {
+                RemoveOrder::LowFirst => {
+                    let to = high.min(low.saturating_add(chunk - 1));
+                    remaining = (to < high).then(|| (to + 1, high));
+                    (low, to)
+                }
+                RemoveOrder::HighFirst => {
+                    let from = low.max(high.saturating_sub(chunk - 1));
+                    remaining = (from > low).then(|| (low, from - 1));
+                    (from, high)
+                }
+            };
+            self.engine.write(Space::RaftLog, (from..=to).map(|index| (index_key(index), None)).collect())?;
+        }
+        Ok(())
+    }
+}
+
+/// Which end of a range of log entries goes first. A crash keeps a prefix of the writes, so a
+/// purge goes from the low end and a truncation from the high end: either way the entries left
+/// stay contiguous.
+#[derive(Debug, Clone, Copy)]
+enum RemoveOrder {
+    LowFirst,
+    HighFirst,
 }
 
 fn write_meta<T: serde::Serialize>(engine: &dyn Engine, key: &[u8], value: &T) -> io::Result<()> {
@@ -255,8 +292,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_range(Bound::Included(index_key(log_id.index)), Bound::Unbounded)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let removed = match self.end_index(true) {
+            Ok(Some(last)) if last >= log_id.index => self.remove_indexes(log_id.index, last, RemoveOrder::HighFirst),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error),
+        };
+        removed.map_err(|e| StorageIOError::write_logs(&e))?;
         // A truncated entry resurrected by a crash could be applied later: flush first.
         self.flush().await.map_err(|e| StorageIOError::write_logs(&e).into())
     }
@@ -265,7 +306,93 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // `last_purged` goes first: after a crash the log state still explains the missing head.
         self.write_meta(META_LAST_PURGED, &log_id).map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush().await.map_err(|e| StorageIOError::write_logs(&e))?;
-        self.remove_range(Bound::Unbounded, Bound::Included(index_key(log_id.index)))
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        let removed = match self.end_index(false) {
+            Ok(Some(first)) if first <= log_id.index => self.remove_indexes(first, log_id.index, RemoveOrder::LowFirst),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error),
+        };
+        removed.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::engine::SledEngine;
+    use super::super::inspect_tests::block_on;
+    use super::*;
+
+    fn indexes(engine: &dyn Engine) -> Vec<u64> {
+        let pairs = engine.scan(Space::RaftLog, Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap();
+        pairs.iter().map(|(key, _)| u64::from_be_bytes(key.as_slice().try_into().unwrap())).collect()
+    }
+
+    /// Purging and truncating remove exactly the asked indexes across several chunks, and the
+    /// first write of a truncation takes the highest chunk (a crash keeps the log contiguous).
+    #[test]
+    fn removing_a_range_takes_exactly_its_indexes_chunk_by_chunk_from_the_right_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(dir.path()).unwrap());
+        let entries = 3 * PURGE_CHUNK_ENTRIES as u64 + 10;
+        engine.write(Space::RaftLog, (1..=entries).map(|i| (index_key(i), Some(vec![7u8; 100]))).collect()).unwrap();
+        block_on(async {
+            let store = LogStore::new(engine.clone());
+            assert_eq!(store.end_index(false).unwrap(), Some(1));
+            assert_eq!(store.end_index(true).unwrap(), Some(entries));
+
+            let purge_to = PURGE_CHUNK_ENTRIES as u64 + 5;
+            store.remove_indexes(1, purge_to, RemoveOrder::LowFirst).unwrap();
+            assert_eq!(indexes(engine.as_ref()), (purge_to + 1..=entries).collect::<Vec<_>>());
+
+            // A truncation cut short after its first write leaves no hole.
+            let truncate_from = purge_to + 20;
+            let failing = FirstWriteOnly { inner: engine.clone(), writes: Default::default() };
+            let partial = LogStore { engine: Arc::new(failing), ..store.clone() };
+            assert!(partial.remove_indexes(truncate_from, entries, RemoveOrder::HighFirst).is_err());
+            let left = indexes(engine.as_ref());
+            assert_eq!(left, (purge_to + 1..=*left.last().unwrap()).collect::<Vec<_>>(), "contiguous");
+            assert!(*left.last().unwrap() < entries);
+
+            store.remove_indexes(truncate_from, entries, RemoveOrder::HighFirst).unwrap();
+            assert_eq!(indexes(engine.as_ref()), (purge_to + 1..truncate_from).collect::<Vec<_>>());
+            // Absent indexes are no work and no error.
+            store.remove_indexes(1, purge_to, RemoveOrder::LowFirst).unwrap();
+            assert_eq!(store.end_index(false).unwrap(), Some(purge_to + 1));
+        });
+    }
+
+    /// An engine whose writes after the first fail, as if the process died there.
+    struct FirstWriteOnly {
+        inner: Arc<dyn Engine>,
+        writes: AtomicU64,
+    }
+
+    impl Engine for FirstWriteOnly {
+        fn get(&self, space: Space, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+            self.inner.get(space, key)
+        }
+        fn write(&self, space: Space, batch: super::super::engine::WriteBatch) -> io::Result<()> {
+            if self.writes.fetch_add(1, Ordering::Relaxed) > 0 {
+                return Err(io::Error::other("killed"));
+            }
+            self.inner.write(space, batch)
+        }
+        fn scan(
+            &self,
+            space: Space,
+            from: Bound<Vec<u8>>,
+            to: Bound<Vec<u8>>,
+            limit: usize,
+        ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.inner.scan(space, from, to, limit)
+        }
+        fn last(&self, space: Space) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+            self.inner.last(space)
+        }
+        fn flush(&self) -> io::Result<()> {
+            self.inner.flush()
+        }
+        fn size_on_disk(&self) -> io::Result<u64> {
+            self.inner.size_on_disk()
+        }
     }
 }

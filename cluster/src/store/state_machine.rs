@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::io;
 use std::io::Cursor;
+use std::io::Read;
 use std::io::Write;
 use std::ops::Bound;
 use std::path::Path;
@@ -426,16 +427,46 @@ impl SnapshotFile {
         SnapshotFile { path, current: Arc::default() }
     }
 
-    /// Writes `bytes` (the snapshot up to `last_log_id`) unless the file already holds a newer
-    /// one. Returns whether it wrote. Blocking.
-    fn replace_if_newer(&self, last_log_id: Option<LogId>, bytes: &[u8]) -> io::Result<bool> {
+    /// Writes the snapshot `meta` describes, unless the file already holds a newer one; returns
+    /// whether it wrote. Blocking. `write_body` writes the body, `body_len` bytes: the file is
+    /// `codec::encode(&(meta, body))` without the body ever being one buffer.
+    fn replace_with_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        body_len: u64,
+        write_body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        let body_len = usize::try_from(body_len).map_err(io::Error::other)?;
+        let mut head = codec::encode(meta).map_err(io::Error::other)?;
+        head = postcard::to_extend(&body_len, head).map_err(io::Error::other)?;
+        self.replace_if_newer(meta.last_log_id, |file| {
+            file.write_all(&head)?;
+            write_body(file)
+        })
+    }
+
+    /// Writes the file with `write` (the snapshot up to `last_log_id`) unless it already holds
+    /// a newer one. Returns whether it wrote. Blocking.
+    fn replace_if_newer(
+        &self,
+        last_log_id: Option<LogId>,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<bool> {
         let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if current.is_some() && *current > last_log_id {
             return Ok(false);
         }
-        write_file_durably(&self.path, bytes)?;
+        write_file_durably(&self.path, write)?;
         *current = last_log_id;
         Ok(true)
+    }
+
+    /// A name beside the snapshot file for a scratch file of this process, removed on open if a
+    /// crash leaves it behind (its name starts `current.tmp`).
+    fn scratch_path(&self, what: &str) -> PathBuf {
+        static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.path.with_extension(format!("tmp.{what}.{}.{n}", std::process::id()))
     }
 }
 
@@ -837,7 +868,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.journals.write_ledger(self.engine.as_ref(), write.into_iter().collect())?;
             self.engine.flush()?;
             self.snapshot_file
-                .replace_if_newer(meta.last_log_id, &codec::encode(&(meta, &body_bytes)).map_err(io::Error::other)?)?;
+                .replace_with_snapshot(meta, body_bytes.len() as u64, |file| file.write_all(&body_bytes))?;
             self.read_applied_state()
         };
         let applied = install().map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
@@ -876,9 +907,43 @@ const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 /// The first bytes of a zstd frame; a body without them is plain (written before compression).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-fn encode_body(body: &SnapshotBody) -> io::Result<Vec<u8>> {
-    let plain = codec::encode(body).map_err(io::Error::other)?;
-    zstd::encode_all(plain.as_slice(), SNAPSHOT_ZSTD_LEVEL)
+/// Encodes a snapshot body pair by pair, compressing as it goes into `W` (a scratch file for a
+/// build): a build holds one scan chunk, not the ledger's pairs and their plain encoding (about
+/// 250 + 155 bytes a record) nor the compressed body. The body is the zstd compression of
+/// `codec::encode(&SnapshotBody)`, as every reader (`decode_body`, older builds) expects, in two
+/// frames that decoders read on across: the head (the version byte and the pair count, postcard's
+/// length prefix of `pairs`), known only at the end, then the pairs, written to `W`.
+pub(super) struct BodyEncoder<W: Write> {
+    pairs: zstd::stream::write::Encoder<'static, W>,
+    count: usize,
+    scratch: Vec<u8>,
+}
+
+impl<W: Write> BodyEncoder<W> {
+    pub(super) fn new(pairs: W) -> io::Result<BodyEncoder<W>> {
+        Ok(BodyEncoder {
+            pairs: zstd::stream::write::Encoder::new(pairs, SNAPSHOT_ZSTD_LEVEL)?,
+            count: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Adds one ledger pair; pairs must come in key order (as `for_each_pair_at_point` gives them).
+    pub(super) fn push(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.scratch.clear();
+        self.scratch =
+            postcard::to_extend(&(key, value), std::mem::take(&mut self.scratch)).map_err(io::Error::other)?;
+        self.pairs.write_all(&self.scratch)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The head frame, which goes before what was written to `W`, and `W` itself.
+    pub(super) fn finish(self) -> io::Result<(Vec<u8>, W)> {
+        let pairs = self.pairs.finish()?;
+        let head = postcard::to_extend(&self.count, vec![codec::FORMAT_VERSION]).map_err(io::Error::other)?;
+        Ok((zstd::encode_all(head.as_slice(), SNAPSHOT_ZSTD_LEVEL)?, pairs))
+    }
 }
 
 pub(super) fn decode_body(bytes: &[u8]) -> io::Result<SnapshotBody> {
@@ -901,16 +966,6 @@ pub(super) struct SnapshotBody {
 /// What a builder dumps: the journal of its snapshot point and the point's applied log id and
 /// membership.
 type Dump = io::Result<(Arc<SnapshotJournal>, Option<LogId>, StoredMembership)>;
-
-/// Every ledger-space pair as of the journal's snapshot point, in key order.
-fn dump_at_point(engine: &dyn Engine, journal: &SnapshotJournal) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut pairs = Vec::new();
-    for_each_pair_at_point(engine, journal, |key, value| {
-        pairs.push((key, value));
-        Ok(())
-    })?;
-    Ok(pairs)
-}
 
 /// Gives `visit` every ledger-space pair as of the journal's point, in key order, holding at
 /// most one scan chunk (and the journal) in memory. Scans the engine in chunks while applies go
@@ -973,14 +1028,31 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // The state machine must be durable up to the snapshot point before openraft may
             // purge the logs the snapshot replaces.
             engine.flush()?;
-            let pairs = dump_at_point(engine.as_ref(), &journal)?;
-            drop(journal); // applies stop journaling for this build
-            let body_bytes = encode_body(&SnapshotBody { pairs })?;
-            let file_bytes = codec::encode(&(&write_meta, &body_bytes)).map_err(io::Error::other)?;
-            if !snapshot_file.replace_if_newer(write_meta.last_log_id, &file_bytes)? {
-                tracing::info!(snapshot = ?write_meta.last_log_id, "a newer snapshot was installed meanwhile; kept it");
-            }
-            Ok(body_bytes)
+            // The pairs go to a scratch file as they are read, and from there into the snapshot
+            // file behind their head: memory stays one scan chunk whatever the ledger's size.
+            let pairs_path = snapshot_file.scratch_path("pairs");
+            let built = (|| -> io::Result<Vec<u8>> {
+                let mut body = BodyEncoder::new(std::io::BufWriter::new(std::fs::File::create(&pairs_path)?))?;
+                for_each_pair_at_point(engine.as_ref(), &journal, |key, value| body.push(&key, &value))?;
+                drop(journal); // applies stop journaling for this build
+                let (head, pairs) = body.finish()?;
+                let pairs_len = pairs.into_inner().map_err(|error| error.into_error())?.metadata()?.len();
+                let written = snapshot_file.replace_with_snapshot(&write_meta, head.len() as u64 + pairs_len, |file| {
+                    file.write_all(&head)?;
+                    std::io::copy(&mut std::fs::File::open(&pairs_path)?, file).map(|_| ())
+                })?;
+                if !written {
+                    tracing::info!(snapshot = ?write_meta.last_log_id, "a newer snapshot was installed meanwhile; kept it");
+                }
+                // openraft 0.9 keeps only the meta of a built snapshot; the body is handed over
+                // all the same, as the trait asks, in one buffer of its exact size.
+                let mut body = Vec::with_capacity(head.len() + pairs_len as usize);
+                body.extend_from_slice(&head);
+                std::fs::File::open(&pairs_path)?.read_to_end(&mut body)?;
+                Ok(body)
+            })();
+            let _ = std::fs::remove_file(&pairs_path);
+            built
         })
         .await
         .map_err(io::Error::other)
@@ -990,17 +1062,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Writes `bytes` to `path` so that after a crash the file is either the old one or the new one.
-fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes the file `write` produces to `path` so that after a crash the file is either the old
+/// one or the new one.
+fn write_file_durably(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("snapshot path has no directory"))?;
     // A name of its own: a process that has not quite ended (or a test harness's previous
     // instance of this node) may still be writing one.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temporary = path.with_extension(format!("tmp.{}.{write}", std::process::id()));
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+        write(&mut file)?;
+        let file = file.into_inner().map_err(|error| error.into_error())?;
         file.sync_all()?;
     }
     std::fs::rename(&temporary, path)?;
@@ -1021,11 +1095,11 @@ mod snapshot_file_tests {
     fn a_late_build_never_replaces_a_newer_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let file = SnapshotFile::new(dir.path().join(SNAPSHOT_FILE));
-        assert!(file.replace_if_newer(log_id(10), b"built at 10").unwrap());
+        assert!(file.replace_if_newer(log_id(10), |w| w.write_all(b"built at 10")).unwrap());
         // An install of 282 lands while a build of 140 is still running...
-        assert!(file.clone().replace_if_newer(log_id(282), b"installed 282").unwrap());
+        assert!(file.clone().replace_if_newer(log_id(282), |w| w.write_all(b"installed 282")).unwrap());
         // ...and the build finishing later keeps its hands off the file.
-        assert!(!file.replace_if_newer(log_id(140), b"built at 140").unwrap());
+        assert!(!file.replace_if_newer(log_id(140), |w| w.write_all(b"built at 140")).unwrap());
         assert_eq!(std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap(), b"installed 282");
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -1038,7 +1112,9 @@ mod snapshot_file_tests {
         let writers: Vec<_> = (1..=8u64)
             .map(|index| {
                 let file = file.clone();
-                std::thread::spawn(move || file.replace_if_newer(log_id(index), &vec![index as u8; 64 * 1024]).unwrap())
+                std::thread::spawn(move || {
+                    file.replace_if_newer(log_id(index), |w| w.write_all(&vec![index as u8; 64 * 1024])).unwrap()
+                })
             })
             .collect();
         for writer in writers {
@@ -1063,10 +1139,62 @@ mod snapshot_file_tests {
 
 #[cfg(test)]
 mod snapshot_dump_tests {
+    use openraft::CommittedLeaderId;
+
     use super::*;
 
     fn key(i: u32) -> Vec<u8> {
         format!("k{i:06}").into_bytes()
+    }
+
+    /// Every ledger-space pair as of the journal's snapshot point, in key order.
+    fn dump_at_point(engine: &dyn Engine, journal: &SnapshotJournal) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut pairs = Vec::new();
+        for_each_pair_at_point(engine, journal, |key, value| {
+            pairs.push((key, value));
+            Ok(())
+        })?;
+        Ok(pairs)
+    }
+
+    /// The body a build streams is, once decompressed, byte for byte the encoding of the whole
+    /// pair list (what builds before streaming wrote and every reader expects), empty or not.
+    #[test]
+    fn a_streamed_body_is_the_encoding_of_the_whole_pair_list() {
+        for count in [0u32, 1, 3 * SNAPSHOT_SCAN_CHUNK as u32 + 17] {
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+                (0..count).map(|i| (key(i), vec![i as u8; (i % 300) as usize])).collect();
+            let mut encoder = BodyEncoder::new(Vec::new()).unwrap();
+            for (key, value) in &pairs {
+                encoder.push(key, value).unwrap();
+            }
+            let (mut body, pairs_frame) = encoder.finish().unwrap();
+            body.extend_from_slice(&pairs_frame);
+            let whole = codec::encode(&SnapshotBody { pairs: pairs.clone() }).unwrap();
+            assert_eq!(zstd::decode_all(body.as_slice()).unwrap(), whole, "{count} pairs");
+            assert_eq!(decode_body(&body).unwrap().pairs, pairs, "{count} pairs");
+        }
+    }
+
+    /// The snapshot file written as head and body is `codec::encode(&(meta, body))`.
+    #[test]
+    fn a_snapshot_file_written_in_parts_decodes_as_meta_and_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SnapshotFile::new(dir.path().join(SNAPSHOT_FILE));
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 70_000)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "3-70000-1".into(),
+        };
+        let body = vec![7u8; 200_000];
+        let (head, rest) = body.split_at(1_000);
+        let written = file.replace_with_snapshot(&meta, body.len() as u64, |w| {
+            w.write_all(head)?;
+            w.write_all(rest)
+        });
+        assert!(written.unwrap());
+        let bytes = std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        assert_eq!(bytes, codec::encode(&(&meta, &body)).unwrap());
     }
 
     /// Writes made after the snapshot point, before and during the chunked scan, never show in
