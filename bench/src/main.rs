@@ -14,8 +14,10 @@
 //!
 //! Every loop is bounded twice, by `--duration` and by `--max-ops`; each call by
 //! [`CALL_TIMEOUT`]; preloads by `--keys` and [`PRELOAD_TIME_MAX`].
+//!
+//! Keys, tallies, durations, CPU time, the result JSON and the table come from the
+//! `dedup-loadgen` crate (`client/loadgen`), the same code as `dedupctl bench`.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,6 +28,26 @@ use anyhow::bail;
 use anyhow::Context;
 use clap::Parser;
 use clap::ValueEnum;
+use dedup_loadgen::breakdown_line;
+use dedup_loadgen::check_duration;
+use dedup_loadgen::check_range;
+use dedup_loadgen::parse_duration;
+use dedup_loadgen::random_payload;
+use dedup_loadgen::results_table as table;
+use dedup_loadgen::KeySpace;
+use dedup_loadgen::OpBudget;
+use dedup_loadgen::RunClock;
+use dedup_loadgen::RunReport;
+use dedup_loadgen::Tally;
+use dedup_loadgen::CONCURRENCY_MAX;
+use dedup_loadgen::CONNECTIONS_MAX;
+use dedup_loadgen::KEYS_MAX;
+use dedup_loadgen::KEY_BYTES_MAX;
+use dedup_loadgen::KEY_BYTES_MIN;
+use dedup_loadgen::KIND_COMPLETED;
+use dedup_loadgen::KIND_NEW;
+use dedup_loadgen::OUTCOME_BYTES_MAX;
+use dedup_loadgen::SWEEP_CONCURRENCY;
 use etcd_client::Client as EtcdClient;
 use etcd_client::Compare;
 use etcd_client::CompareOp;
@@ -35,17 +57,11 @@ use etcd_client::PutOptions;
 use etcd_client::Txn;
 use etcd_client::TxnOp;
 use etcd_client::TxnOpResponse;
-use hdrhistogram::Histogram;
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use serde_json::Value;
 
-const CONCURRENCY_MAX: usize = 4096;
-const CONNECTIONS_MAX: usize = 256;
-const KEYS_MAX: u64 = 100_000_000;
-const DURATION_MAX: Duration = Duration::from_secs(3600);
-const SWEEP_CONCURRENCY: [usize; 5] = [1, 4, 16, 64, 256];
 /// etcd's default --max-txn-ops is 128; keep batches (and preload transactions) within it.
 const BATCH_MAX: usize = 128;
 /// Bound of one call (all its attempts); a call past it counts as a TIMEOUT error.
@@ -53,12 +69,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of one call that failed UNAVAILABLE (etcd) or with an I/O error (Redis).
 const ATTEMPTS_MAX: u32 = 4;
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
-const LATENCY_MAX_US: u64 = 120_000_000;
 const PRELOAD_TASKS: usize = 8;
 const PRELOAD_CHUNK: u64 = 64;
 const PRELOAD_TIME_MAX: Duration = Duration::from_secs(1800);
-const KEY_SUFFIX_BYTES: usize = 21;
-const KEY_BYTES_MIN: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum System {
@@ -172,20 +185,26 @@ struct Args {
 
 impl Args {
     fn validate(&self) -> anyhow::Result<()> {
+        self.check_flags().map_err(anyhow::Error::msg)
+    }
+
+    fn check_flags(&self) -> Result<(), String> {
         check_range("--concurrency", self.concurrency as u64, 1, CONCURRENCY_MAX as u64)?;
         check_range("--connections", self.connections as u64, 1, CONNECTIONS_MAX as u64)?;
-        check_range("--key-bytes", self.key_bytes as u64, KEY_BYTES_MIN as u64, 512)?;
-        check_range("--outcome-bytes", self.outcome_bytes as u64, 0, 65_536)?;
+        check_range("--key-bytes", self.key_bytes as u64, KEY_BYTES_MIN as u64, KEY_BYTES_MAX as u64)?;
+        check_range("--outcome-bytes", self.outcome_bytes as u64, 0, OUTCOME_BYTES_MAX as u64)?;
         check_range("--batch", self.batch as u64, 1, BATCH_MAX as u64)?;
         check_range("--keys", self.keys, 1, KEYS_MAX)?;
         check_range("--max-ops", self.max_ops, 1, u64::MAX)?;
         check_range("--lease-ms", self.lease_ms, 1, 30 * 24 * 3_600_000)?;
-        if self.duration.is_zero() || self.duration > DURATION_MAX {
-            bail!("--duration must be more than 0 and at most {}s", DURATION_MAX.as_secs());
-        }
+        check_duration(self.duration)?;
         if let Some(prefix) = &self.key_prefix {
-            if prefix.len() + KEY_SUFFIX_BYTES > self.key_bytes {
-                bail!("--key-prefix of {} bytes leaves no room in --key-bytes {}", prefix.len(), self.key_bytes);
+            if !KeySpace::fits(prefix, self.key_bytes) {
+                return Err(format!(
+                    "--key-prefix of {} bytes leaves no room in --key-bytes {}",
+                    prefix.len(),
+                    self.key_bytes
+                ));
             }
         }
         Ok(())
@@ -193,102 +212,6 @@ impl Args {
 
     fn endpoint_list(&self) -> Vec<String> {
         self.endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect()
-    }
-}
-
-fn check_range(flag: &str, value: u64, min: u64, max: u64) -> anyhow::Result<()> {
-    if value < min || value > max {
-        bail!("{flag} must be within {min}..={max}, got {value}");
-    }
-    Ok(())
-}
-
-/// `10s`, `500ms`, `2m`, or a bare number of seconds (as `dedupctl bench`).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 10s, 500ms, 2m)"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?} (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("bad duration {text:?}: {e}"))
-}
-
-/// Keys as `dedupctl bench` makes them: prefix + kind letter + zero-padded hex of a bijective mix
-/// of the index, exactly `key_bytes` long ('c': written beforehand, 'n': new in the run).
-#[derive(Clone)]
-struct KeySpace {
-    prefix: String,
-    key_bytes: usize,
-}
-
-impl KeySpace {
-    fn key(&self, kind: char, index: u64) -> Vec<u8> {
-        let digits = self.key_bytes - self.prefix.len() - 1;
-        format!("{}{kind}{:0digits$x}", self.prefix, mix(index)).into_bytes()
-    }
-}
-
-/// splitmix64's finalizer: a bijection on u64.
-fn mix(index: u64) -> u64 {
-    let mut z = index.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn random_payload(bytes: usize) -> Vec<u8> {
-    let mut payload = vec![0u8; bytes];
-    rand::thread_rng().fill(payload.as_mut_slice());
-    payload
-}
-
-/// What one worker saw (same shape as dedupctl's).
-struct Tally {
-    latency_us: Histogram<u64>,
-    ops: u64,
-    items: u64,
-    errors: BTreeMap<String, u64>,
-    unexpected: BTreeMap<String, u64>,
-    retries: u64,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        Tally {
-            latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("histogram bounds are valid"),
-            ops: 0,
-            items: 0,
-            errors: BTreeMap::new(),
-            unexpected: BTreeMap::new(),
-            retries: 0,
-        }
-    }
-
-    fn merge(&mut self, other: Tally) {
-        self.latency_us.add(&other.latency_us).expect("histograms share bounds");
-        self.ops += other.ops;
-        self.items += other.items;
-        self.retries += other.retries;
-        for (name, count) in other.errors {
-            *self.errors.entry(name).or_default() += count;
-        }
-        for (name, count) in other.unexpected {
-            *self.unexpected.entry(name).or_default() += count;
-        }
-    }
-
-    fn error(&mut self, kind: String) {
-        *self.errors.entry(kind).or_default() += 1;
-    }
-
-    fn unexpected(&mut self, what: &str) {
-        *self.unexpected.entry(what.to_string()).or_default() += 1;
     }
 }
 
@@ -365,18 +288,8 @@ struct Run {
     batch: usize,
     preloaded: u64,
     next_index: Arc<AtomicU64>,
-    ops_started: AtomicU64,
-    max_ops: u64,
-    deadline: Instant,
-}
-
-impl Run {
-    fn next_op(&self) -> bool {
-        if Instant::now() >= self.deadline {
-            return false;
-        }
-        self.ops_started.fetch_add(1, Ordering::Relaxed) < self.max_ops
-    }
+    /// `--duration` and `--max-ops`.
+    budget: OpBudget,
 }
 
 fn etcd_claim_txn(key: Vec<u8>, value: Vec<u8>, lease: i64) -> Txn {
@@ -420,7 +333,7 @@ fn set_nx_claimed(value: &redis::Value) -> bool {
 
 /// One batch of `run.batch` new keys: returns (claimed, existed) counts, None when the call failed.
 async fn claim_batch(run: &Run, conn: &ConnRef<'_>, tally: &mut Tally, first: u64) -> Option<(u64, u64)> {
-    let keys: Vec<Vec<u8>> = (first..first + run.batch as u64).map(|index| run.keys.key('n', index)).collect();
+    let keys: Vec<Vec<u8>> = (first..first + run.batch as u64).map(|index| run.keys.key(KIND_NEW, index)).collect();
     match conn {
         ConnRef::Etcd { kv, lease } => {
             // No compare: the outer Then always runs; each nested txn has its own compare.
@@ -486,7 +399,7 @@ impl Conns {
 async fn one_op(run: &Run, conn: &ConnRef<'_>, tally: &mut Tally) -> u64 {
     match run.path {
         BenchPath::ClaimNew => {
-            let key = run.keys.key('n', run.next_index.fetch_add(1, Ordering::Relaxed));
+            let key = run.keys.key(KIND_NEW, run.next_index.fetch_add(1, Ordering::Relaxed));
             match claim_one(run, conn, tally, key).await {
                 Some(true) => 1,
                 Some(false) => {
@@ -497,7 +410,7 @@ async fn one_op(run: &Run, conn: &ConnRef<'_>, tally: &mut Tally) -> u64 {
             }
         }
         BenchPath::ClaimDup => {
-            let key = run.keys.key('c', rand::thread_rng().gen_range(0..run.preloaded));
+            let key = run.keys.key(KIND_COMPLETED, rand::thread_rng().gen_range(0..run.preloaded));
             match claim_one(run, conn, tally, key).await {
                 Some(false) => 1,
                 Some(true) => {
@@ -525,13 +438,10 @@ async fn one_op(run: &Run, conn: &ConnRef<'_>, tally: &mut Tally) -> u64 {
 async fn worker(run: Arc<Run>, conns: Arc<Conns>, index: usize) -> Tally {
     let mut tally = Tally::new();
     let conn = conns.get(index);
-    while run.next_op() {
+    while run.budget.take() {
         let began = Instant::now();
         let items = one_op(&run, &conn, &mut tally).await;
-        let micros = (began.elapsed().as_micros() as u64).clamp(1, LATENCY_MAX_US);
-        tally.latency_us.record(micros).expect("value within histogram bounds");
-        tally.ops += 1;
-        tally.items += items;
+        tally.record(began.elapsed(), items);
     }
     tally
 }
@@ -672,7 +582,7 @@ async fn preload(
                         let puts: Vec<TxnOp> = indexes
                             .map(|i| {
                                 TxnOp::put(
-                                    keys.key('c', i),
+                                    keys.key(KIND_COMPLETED, i),
                                     random_payload(outcome_bytes),
                                     Some(PutOptions::new().with_lease(lease)),
                                 )
@@ -688,7 +598,7 @@ async fn preload(
                         let mut pipe = redis::pipe();
                         for i in indexes {
                             pipe.cmd("SET")
-                                .arg(keys.key('c', i))
+                                .arg(keys.key(KIND_COMPLETED, i))
                                 .arg(random_payload(outcome_bytes))
                                 .arg("PX")
                                 .arg(lease_ms)
@@ -713,24 +623,12 @@ async fn preload(
     Ok(written)
 }
 
-/// Client CPU time (user + system) of this process so far.
-fn process_cpu_time() -> Duration {
-    // SAFETY: getrusage only writes into the struct we hand it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
-}
-
 async fn bench(args: &Args) -> anyhow::Result<Vec<Value>> {
     args.validate()?;
     let cluster = Cluster::resolve(args).await?;
-    let prefix = args.key_prefix.clone().unwrap_or_else(|| format!("b{:08x}-", rand::random::<u32>()));
+    let prefix = args.key_prefix.clone().unwrap_or_else(KeySpace::random_prefix);
     let keys = KeySpace { prefix, key_bytes: args.key_bytes };
-    if keys.prefix.len() + KEY_SUFFIX_BYTES > keys.key_bytes {
+    if !KeySpace::fits(&keys.prefix, keys.key_bytes) {
         bail!("--key-bytes {} is too short for the key prefix {:?}", keys.key_bytes, keys.prefix);
     }
     let levels: Vec<usize> = if args.sweep { SWEEP_CONCURRENCY.to_vec() } else { vec![args.concurrency] };
@@ -753,8 +651,7 @@ async fn bench(args: &Args) -> anyhow::Result<Vec<Value>> {
     let mut results = Vec::new();
     for concurrency in levels {
         let raft_before = cluster.raft_index().await;
-        let cpu_before = process_cpu_time();
-        let start = Instant::now();
+        let clock = RunClock::start();
         let run = Arc::new(Run {
             path: args.path,
             keys: keys.clone(),
@@ -763,9 +660,7 @@ async fn bench(args: &Args) -> anyhow::Result<Vec<Value>> {
             batch: args.batch,
             preloaded,
             next_index: new_keys.clone(),
-            ops_started: AtomicU64::new(0),
-            max_ops: args.max_ops,
-            deadline: start + args.duration,
+            budget: OpBudget::new(clock.started() + args.duration, args.max_ops),
         });
         let mut tasks = tokio::task::JoinSet::new();
         for index in 0..concurrency {
@@ -775,8 +670,7 @@ async fn bench(args: &Args) -> anyhow::Result<Vec<Value>> {
         while let Some(joined) = tasks.join_next().await {
             total.merge(joined.context("bench worker")?);
         }
-        let elapsed = start.elapsed();
-        let cpu = process_cpu_time().saturating_sub(cpu_before);
+        let (elapsed, cpu) = clock.stop();
         let raft_entries = match (raft_before, cluster.raft_index().await) {
             (Some(before), Some(after)) => Some(after.saturating_sub(before)),
             _ => None,
@@ -795,7 +689,8 @@ async fn bench(args: &Args) -> anyhow::Result<Vec<Value>> {
     Ok(results)
 }
 
-/// One run as JSON, with the field names of `dedupctl bench --output json` plus `system`.
+/// One run as JSON, with the field names of `dedupctl bench --output json` plus `system`,
+/// `lease_ms` and `mean_ms`.
 #[allow(clippy::too_many_arguments)]
 fn result_json(
     args: &Args,
@@ -807,103 +702,34 @@ fn result_json(
     raft_entries: Option<u64>,
     preload_secs: f64,
 ) -> Value {
-    let seconds = elapsed.as_secs_f64().max(1e-9);
-    let quantile_ms = |q: f64| if tally.ops == 0 { 0.0 } else { tally.latency_us.value_at_quantile(q) as f64 / 1000.0 };
-    let errors: u64 = tally.errors.values().sum();
-    let unexpected: u64 = tally.unexpected.values().sum();
-    json!({
-        "system": args.system.name(),
-        "path": args.path.name(),
-        "concurrency": concurrency,
-        "connections_per_node": args.connections,
-        "targets": targets,
-        "mode": "closed-loop",
-        "rate": null,
-        "key_bytes": args.key_bytes,
-        "outcome_bytes": args.outcome_bytes,
-        "batch": if args.path == BenchPath::BatchClaim { Some(args.batch) } else { None },
-        "lease_ms": args.lease_ms,
-        "duration_s": seconds,
-        "ops": tally.ops,
-        "ops_per_sec": tally.ops as f64 / seconds,
-        "items": tally.items,
-        "items_per_sec": tally.items as f64 / seconds,
-        "errors": errors,
-        "errors_by_reason": tally.errors,
-        "unexpected_answers": unexpected,
-        "unexpected_by_answer": tally.unexpected,
-        "retries": tally.retries,
-        "redirects": 0,
-        "p50_ms": quantile_ms(0.50),
-        "p90_ms": quantile_ms(0.90),
-        "p99_ms": quantile_ms(0.99),
-        "p999_ms": quantile_ms(0.999),
-        "max_ms": if tally.ops == 0 { 0.0 } else { tally.latency_us.max() as f64 / 1000.0 },
-        "mean_ms": if tally.ops == 0 { 0.0 } else { tally.latency_us.mean() / 1000.0 },
-        "client_cpu_s": cpu.as_secs_f64(),
-        "client_cpu_percent": 100.0 * cpu.as_secs_f64() / seconds,
-        "raft_entries": raft_entries,
-        "preload_s": preload_secs,
-    })
+    let mut value = RunReport {
+        path: args.path.name(),
+        concurrency,
+        connections_per_node: args.connections,
+        targets,
+        rate: None,
+        key_bytes: args.key_bytes,
+        outcome_bytes: args.outcome_bytes,
+        batch: if args.path == BenchPath::BatchClaim { Some(args.batch) } else { None },
+        tally,
+        elapsed,
+        cpu,
+        raft_entries,
+        preload_secs,
+    }
+    .to_json();
+    value["system"] = json!(args.system.name());
+    value["lease_ms"] = json!(args.lease_ms);
+    value["mean_ms"] = json!(tally.mean_ms());
+    value
 }
 
+/// The results as a table for people: the columns of `dedupctl bench` after `system`.
 fn results_table(results: &[Value]) -> String {
-    let header = [
-        "system",
-        "path",
-        "conc",
-        "ops/s",
-        "items/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "max ms",
-        "errors",
-        "unexpected",
-        "retries",
-        "raft entries",
-        "client cpu",
-    ];
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
-    for r in results {
-        let number = |name: &str| r[name].as_f64().unwrap_or(0.0);
-        rows.push(vec![
-            r["system"].as_str().unwrap_or("?").to_string(),
-            r["path"].as_str().unwrap_or("?").to_string(),
-            r["concurrency"].to_string(),
-            format!("{:.0}", number("ops_per_sec")),
-            format!("{:.0}", number("items_per_sec")),
-            format!("{:.3}", number("p50_ms")),
-            format!("{:.3}", number("p90_ms")),
-            format!("{:.3}", number("p99_ms")),
-            format!("{:.3}", number("p999_ms")),
-            format!("{:.3}", number("max_ms")),
-            r["errors"].to_string(),
-            r["unexpected_answers"].to_string(),
-            r["retries"].to_string(),
-            r["raft_entries"].to_string(),
-            format!("{:.0}%", number("client_cpu_percent")),
-        ]);
-    }
-    let widths: Vec<usize> =
-        (0..header.len()).map(|c| rows.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:>width$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = table(results, &[("system", "system")]);
     for r in results {
         for field in ["errors_by_reason", "unexpected_by_answer"] {
-            if let Some(map) = r[field].as_object().filter(|m| !m.is_empty()) {
-                out.push_str(&format!(
-                    "{} c={}: {field} {}\n",
-                    r["path"].as_str().unwrap_or("?"),
-                    r["concurrency"],
-                    Value::Object(map.clone())
-                ));
-            }
+            out.extend(breakdown_line(r, field, field));
         }
     }
     out
@@ -946,23 +772,6 @@ fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_have_the_asked_length_and_differ_by_kind() {
-        let keys = KeySpace { prefix: "b1234abcd-".to_string(), key_bytes: 32 };
-        assert_eq!(keys.key('c', 7).len(), 32);
-        assert_eq!(keys.key('n', 7).len(), 32);
-        assert_ne!(keys.key('c', 7), keys.key('n', 7));
-        assert_ne!(keys.key('n', 8), keys.key('n', 7));
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5d").is_err());
-    }
 
     #[test]
     fn set_nx_nil_means_the_key_existed() {

@@ -1,9 +1,12 @@
 //! `dedupctl bench`: a bounded load generator against a running cluster.
 //!
 //! Every loop is bounded twice: by `--duration` and by `--max-ops`; preloads by `--keys`
-//! (at most [`BENCH_KEYS_MAX`]). Latency is measured per call into an HDR histogram per worker
+//! (at most [`KEYS_MAX`]). Latency is measured per call into an HDR histogram per worker
 //! (microseconds, 3 significant digits); in open-loop mode (`--rate`) from the moment the call
 //! was due, so a stalled server shows as latency instead of hiding as fewer sends.
+//!
+//! Keys, tallies, durations, CPU time, the result JSON and the table are shared with
+//! `bench/`'s compare-load (etcd, Redis) through the `dedup-loadgen` crate.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -25,38 +28,42 @@ use dedup_client::DedupClient;
 use dedup_client::Error;
 use dedup_client::NodeStatus;
 use dedup_client::Outcome;
-use hdrhistogram::Histogram;
+use dedup_loadgen::breakdown_line;
+use dedup_loadgen::check_duration;
+use dedup_loadgen::check_range;
+use dedup_loadgen::parse_duration;
+use dedup_loadgen::random_payload;
+use dedup_loadgen::results_table as table;
+use dedup_loadgen::KeySpace;
+use dedup_loadgen::OpBudget;
+use dedup_loadgen::RunClock;
+use dedup_loadgen::RunReport;
+use dedup_loadgen::Tally;
+use dedup_loadgen::CONCURRENCY_MAX;
+use dedup_loadgen::CONNECTIONS_MAX;
+use dedup_loadgen::KEYS_MAX;
+use dedup_loadgen::KEY_BYTES_MAX;
+use dedup_loadgen::KEY_BYTES_MIN;
+use dedup_loadgen::KIND_CLAIMED;
+use dedup_loadgen::KIND_COMPLETED;
+use dedup_loadgen::KIND_NEW;
+use dedup_loadgen::OUTCOME_BYTES_MAX;
+use dedup_loadgen::SWEEP_CONCURRENCY;
 use rand::Rng;
 use serde_json::json;
 use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
-/// Concurrency of one run (workers, each with one call in flight).
-pub const BENCH_CONCURRENCY_MAX: usize = 4096;
-/// Connections per target node.
-pub const BENCH_CONNECTIONS_MAX: usize = 256;
-/// Keys a preload or `fill` writes.
-pub const BENCH_KEYS_MAX: u64 = 100_000_000;
-/// Length of one run.
-pub const BENCH_DURATION_MAX: Duration = Duration::from_secs(3600);
-/// The concurrency levels of `--sweep`.
-pub const SWEEP_CONCURRENCY: [usize; 5] = [1, 4, 16, 64, 256];
 /// Items per batch call (the server's BATCH_ITEMS_MAX).
 const BATCH_ITEMS_MAX: usize = 256;
 /// Attempts of one operation that failed UNAVAILABLE or DEADLINE_EXCEEDED (leader change).
 const ATTEMPTS_MAX: u32 = 4;
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
-/// Latencies above this are recorded as this (the histogram's upper bound).
-const LATENCY_MAX_US: u64 = 120_000_000;
 /// Concurrent batch calls of a preload, and how long it may take.
 const PRELOAD_TASKS: usize = 8;
 const PRELOAD_TIME_MAX: Duration = Duration::from_secs(1800);
 const OWNER: &str = "dedupctl-bench";
-/// What a key needs beyond its prefix: a level sub-prefix (up to 4 bytes), a kind letter and
-/// 16 hex digits of the mixed index.
-const KEY_SUFFIX_BYTES: usize = 21;
-const KEY_BYTES_MIN: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchPath {
@@ -182,32 +189,34 @@ impl BenchArgs {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        check_range("--concurrency", self.concurrency as u64, 1, BENCH_CONCURRENCY_MAX as u64)?;
-        check_range("--connections", self.connections as u64, 1, BENCH_CONNECTIONS_MAX as u64)?;
-        check_range("--key-bytes", self.key_bytes as u64, KEY_BYTES_MIN as u64, 512)?;
-        check_range("--outcome-bytes", self.outcome_bytes as u64, 0, 65_536)?;
+        self.check_flags().map_err(usage)
+    }
+
+    fn check_flags(&self) -> Result<(), String> {
+        check_range("--concurrency", self.concurrency as u64, 1, CONCURRENCY_MAX as u64)?;
+        check_range("--connections", self.connections as u64, 1, CONNECTIONS_MAX as u64)?;
+        check_range("--key-bytes", self.key_bytes as u64, KEY_BYTES_MIN as u64, KEY_BYTES_MAX as u64)?;
+        check_range("--outcome-bytes", self.outcome_bytes as u64, 0, OUTCOME_BYTES_MAX as u64)?;
         check_range("--batch", self.batch as u64, 1, BATCH_ITEMS_MAX as u64)?;
-        check_range("--keys", self.keys, 1, BENCH_KEYS_MAX)?;
+        check_range("--keys", self.keys, 1, KEYS_MAX)?;
         check_range("--max-ops", self.max_ops, 1, u64::MAX)?;
-        if self.duration.is_zero() || self.duration > BENCH_DURATION_MAX {
-            return Err(usage(format!("--duration must be more than 0 and at most {}s", BENCH_DURATION_MAX.as_secs())));
-        }
+        check_duration(self.duration)?;
         if !(0.0..=1.0).contains(&self.dup_ratio) {
-            return Err(usage(format!("--dup-ratio must be within 0..=1, got {}", self.dup_ratio)));
+            return Err(format!("--dup-ratio must be within 0..=1, got {}", self.dup_ratio));
         }
         if self.rate == Some(0) {
-            return Err(usage("--rate must be at least 1 operation per second".to_string()));
+            return Err("--rate must be at least 1 operation per second".to_string());
         }
         if self.skip_preload && self.key_prefix.is_none() {
-            return Err(usage("--skip-preload needs the --key-prefix of the fill that wrote the keys".to_string()));
+            return Err("--skip-preload needs the --key-prefix of the fill that wrote the keys".to_string());
         }
         if let Some(prefix) = &self.key_prefix {
-            if prefix.len() + KEY_SUFFIX_BYTES > self.key_bytes {
-                return Err(usage(format!(
+            if !KeySpace::fits(prefix, self.key_bytes) {
+                return Err(format!(
                     "--key-prefix of {} bytes leaves no room for the index in --key-bytes {}",
                     prefix.len(),
                     self.key_bytes
-                )));
+                ));
             }
         }
         Ok(())
@@ -221,61 +230,6 @@ pub struct UsageError(String);
 
 fn usage(message: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(message))
-}
-
-fn check_range(flag: &str, value: u64, min: u64, max: u64) -> anyhow::Result<()> {
-    if value < min || value > max {
-        return Err(usage(format!("{flag} must be within {min}..={max}, got {value}")));
-    }
-    Ok(())
-}
-
-/// `10s`, `500ms`, `2m`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 10s, 500ms, 2m)"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?} (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("bad duration {text:?}: {e}"))
-}
-
-/// Keys of a run: `PREFIX` + kind letter + zero padding + 16 hex digits of a bijective mix of the
-/// index, exactly `key_bytes` long: unique per index, and as incompressible as hashed message IDs
-/// (a counter would flatter sled's and the snapshots' compression). Kind `c` marks preloaded
-/// completed keys, `l` preloaded claimed keys, `n` keys first used in the run.
-struct KeySpace {
-    prefix: String,
-    key_bytes: usize,
-}
-
-impl KeySpace {
-    fn key(&self, kind: char, index: u64) -> Vec<u8> {
-        let digits = self.key_bytes - self.prefix.len() - 1;
-        format!("{}{kind}{:0digits$x}", self.prefix, mix(index)).into_bytes()
-    }
-}
-
-/// splitmix64's finalizer: a bijection on u64 (each step is invertible), so distinct indexes give
-/// distinct keys.
-fn mix(index: u64) -> u64 {
-    let mut z = index.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// An outcome payload of `bytes` random bytes (incompressible, like a real result digest).
-fn random_payload(bytes: usize) -> Vec<u8> {
-    let mut payload = vec![0u8; bytes];
-    rand::thread_rng().fill(payload.as_mut_slice());
-    payload
 }
 
 /// The nodes a run talks to.
@@ -362,52 +316,9 @@ impl Cluster {
     }
 }
 
-/// What one worker saw.
-struct WorkerTally {
-    latency_us: Histogram<u64>,
-    ops: u64,
-    items: u64,
-    errors: BTreeMap<String, u64>,
-    unexpected: BTreeMap<String, u64>,
-    retries: u64,
-    redirects: u64,
-}
-
-impl WorkerTally {
-    fn new() -> WorkerTally {
-        WorkerTally {
-            latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("histogram bounds are valid"),
-            ops: 0,
-            items: 0,
-            errors: BTreeMap::new(),
-            unexpected: BTreeMap::new(),
-            retries: 0,
-            redirects: 0,
-        }
-    }
-
-    fn merge(&mut self, other: WorkerTally) {
-        self.latency_us.add(&other.latency_us).expect("histograms share bounds");
-        self.ops += other.ops;
-        self.items += other.items;
-        self.retries += other.retries;
-        self.redirects += other.redirects;
-        for (name, count) in other.errors {
-            *self.errors.entry(name).or_default() += count;
-        }
-        for (name, count) in other.unexpected {
-            *self.unexpected.entry(name).or_default() += count;
-        }
-    }
-
-    fn error(&mut self, status: &tonic::Status) {
-        let error = Error::from_status(status);
-        *self.errors.entry(format!("{}/{}", dedup_client::code_name(status.code()), error.reason())).or_default() += 1;
-    }
-
-    fn unexpected(&mut self, what: &str) {
-        *self.unexpected.entry(what.to_string()).or_default() += 1;
-    }
+/// A failed call as `errors_by_reason` counts it: `CODE/REASON`.
+fn error_reason(status: &tonic::Status) -> String {
+    format!("{}/{}", dedup_client::code_name(status.code()), Error::from_status(status).reason())
 }
 
 /// Shared, read-only description of a run plus the cursors workers draw work from.
@@ -425,9 +336,8 @@ struct Run {
     tokens: Vec<u64>,
     /// Next new key (claim-new, batch-claim, mix) or next claimed key (complete).
     next_index: Arc<AtomicU64>,
-    ops_started: AtomicU64,
-    max_ops: u64,
-    deadline: Instant,
+    /// `--duration` and `--max-ops`.
+    budget: OpBudget,
 }
 
 impl Run {
@@ -443,15 +353,6 @@ impl Run {
             retention_ms: self.retention_ms,
         }
     }
-
-    /// Takes the next operation slot, or `None` when the run is over.
-    fn next_op(&self) -> Option<u64> {
-        if Instant::now() >= self.deadline {
-            return None;
-        }
-        let op = self.ops_started.fetch_add(1, Ordering::Relaxed);
-        (op < self.max_ops).then_some(op)
-    }
 }
 
 /// Whether a failed call is worth repeating (leader change, overload), not a ledger answer.
@@ -464,7 +365,7 @@ fn is_redirect(status: &tonic::Status) -> bool {
 }
 
 /// Calls `call` until it succeeds, fails for good, or ATTEMPTS_MAX is reached.
-async fn with_retries<T, Fut>(tally: &mut WorkerTally, mut call: impl FnMut() -> Fut) -> Option<T>
+async fn with_retries<T, Fut>(tally: &mut Tally, mut call: impl FnMut() -> Fut) -> Option<T>
 where
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
@@ -480,7 +381,7 @@ where
                     tokio::time::sleep(RETRY_PAUSE).await;
                     continue;
                 }
-                tally.error(&status);
+                tally.error(error_reason(&status));
                 return None;
             }
         }
@@ -499,22 +400,23 @@ fn claim_answer_name(response: &pb::CheckAndClaimResponse) -> &'static str {
 }
 
 /// One operation of the run's path; records its result in `tally` and returns the items done.
-async fn one_op(run: &Run, client: &LedgerClient<Channel>, tally: &mut WorkerTally) -> u64 {
+async fn one_op(run: &Run, client: &LedgerClient<Channel>, tally: &mut Tally) -> u64 {
     match run.path {
         BenchPath::ClaimNew => {
-            claim_expecting(run, client, tally, 'n', run.next_index.fetch_add(1, Ordering::Relaxed), "CLAIMED").await
+            claim_expecting(run, client, tally, KIND_NEW, run.next_index.fetch_add(1, Ordering::Relaxed), "CLAIMED")
+                .await
         }
         BenchPath::ClaimDup => {
             let index = rand::thread_rng().gen_range(0..run.preloaded);
-            claim_expecting(run, client, tally, 'c', index, "COMPLETED").await
+            claim_expecting(run, client, tally, KIND_COMPLETED, index, "COMPLETED").await
         }
         BenchPath::Mix => {
             let duplicate = rand::thread_rng().gen_bool(run.dup_ratio);
             if duplicate {
                 let index = rand::thread_rng().gen_range(0..run.preloaded);
-                claim_expecting(run, client, tally, 'c', index, "COMPLETED").await
+                claim_expecting(run, client, tally, KIND_COMPLETED, index, "COMPLETED").await
             } else {
-                claim_expecting(run, client, tally, 'n', run.next_index.fetch_add(1, Ordering::Relaxed), "CLAIMED")
+                claim_expecting(run, client, tally, KIND_NEW, run.next_index.fetch_add(1, Ordering::Relaxed), "CLAIMED")
                     .await
             }
         }
@@ -525,7 +427,7 @@ async fn one_op(run: &Run, client: &LedgerClient<Channel>, tally: &mut WorkerTal
             };
             let request = pb::CompleteRequest {
                 namespace: run.namespace.clone(),
-                key: run.keys.key('l', index),
+                key: run.keys.key(KIND_CLAIMED, index),
                 token,
                 outcome: Some(pb::Outcome {
                     kind: pb::OutcomeKind::Succeeded as i32,
@@ -549,7 +451,8 @@ async fn one_op(run: &Run, client: &LedgerClient<Channel>, tally: &mut WorkerTal
         }
         BenchPath::BatchClaim => {
             let first = run.next_index.fetch_add(run.batch as u64, Ordering::Relaxed);
-            let items = (first..first + run.batch as u64).map(|index| run.claim(run.keys.key('n', index))).collect();
+            let items =
+                (first..first + run.batch as u64).map(|index| run.claim(run.keys.key(KIND_NEW, index))).collect();
             let request = pb::CheckAndClaimBatchRequest { items };
             let Some(answer) = with_retries(tally, || {
                 let (mut client, request) = (client.clone(), request.clone());
@@ -571,7 +474,7 @@ async fn one_op(run: &Run, client: &LedgerClient<Channel>, tally: &mut WorkerTal
                         }
                     }
                     Some(pb::check_and_claim_batch_item::Result::Error(error)) => {
-                        *tally.errors.entry(format!("{}/{}", error.code, error.reason)).or_default() += 1;
+                        tally.error(format!("{}/{}", error.code, error.reason));
                     }
                     None => tally.unexpected("EMPTY"),
                 }
@@ -585,7 +488,7 @@ async fn one_op(run: &Run, client: &LedgerClient<Channel>, tally: &mut WorkerTal
 async fn claim_expecting(
     run: &Run,
     client: &LedgerClient<Channel>,
-    tally: &mut WorkerTally,
+    tally: &mut Tally,
     kind: char,
     index: u64,
     expected: &str,
@@ -614,15 +517,15 @@ async fn worker(
     start: Instant,
     due_every: Option<Duration>,
     offset: Duration,
-) -> WorkerTally {
-    let mut tally = WorkerTally::new();
+) -> Tally {
+    let mut tally = Tally::new();
     let mut sent: u32 = 0;
-    while run.next_op().is_some() {
+    while run.budget.take() {
         let began = match due_every {
             Some(period) => {
                 let due = start + offset + period * sent;
                 sent = sent.saturating_add(1);
-                if due >= run.deadline {
+                if due >= run.budget.deadline() {
                     break;
                 }
                 tokio::time::sleep_until(due.into()).await;
@@ -634,10 +537,7 @@ async fn worker(
         if run.path == BenchPath::Complete && items == 0 && tally.errors.is_empty() {
             break; // the preloaded claims ran out
         }
-        let micros = (began.elapsed().as_micros() as u64).clamp(1, LATENCY_MAX_US);
-        tally.latency_us.record(micros).expect("value within histogram bounds");
-        tally.ops += 1;
-        tally.items += items;
+        tally.record(began.elapsed(), items);
     }
     tally
 }
@@ -647,7 +547,7 @@ async fn worker(
 struct Preloaded {
     tokens: Vec<u64>,
     written: u64,
-    tally: WorkerTally,
+    tally: Tally,
 }
 
 /// Writes keys `0..count` of `kind` ('c': completed, 'l': claimed) in batches of `--batch`, with
@@ -661,7 +561,7 @@ async fn preload(
     tasks: usize,
     deadline: Instant,
 ) -> anyhow::Result<Preloaded> {
-    let tokens = Arc::new(std::sync::Mutex::new(vec![0u64; if kind == 'l' { count as usize } else { 0 }]));
+    let tokens = Arc::new(std::sync::Mutex::new(vec![0u64; if kind == KIND_CLAIMED { count as usize } else { 0 }]));
     let cursor = Arc::new(AtomicU64::new(0));
     let written = Arc::new(AtomicU64::new(0));
     let batch = args.batch as u64;
@@ -671,16 +571,16 @@ async fn preload(
         let cursor = cursor.clone();
         let written = written.clone();
         let tokens = tokens.clone();
-        let keys = KeySpace { prefix: keys.prefix.clone(), key_bytes: keys.key_bytes };
+        let keys = keys.clone();
         let namespace = args.namespace.clone();
         let lease = Duration::from_millis(args.lease_ms);
         let retention = args.retention_ms.map(Duration::from_millis);
         let outcome_bytes = args.outcome_bytes;
         workers.spawn(async move {
-            let mut tally = WorkerTally::new();
+            let mut tally = Tally::new();
             loop {
                 if Instant::now() >= deadline {
-                    return Ok::<WorkerTally, anyhow::Error>(tally);
+                    return Ok::<Tally, anyhow::Error>(tally);
                 }
                 let first = cursor.fetch_add(batch, Ordering::Relaxed);
                 if first >= count {
@@ -701,7 +601,7 @@ async fn preload(
                 let mut completes = Vec::new();
                 for (index, answer) in indexes.iter().zip(answers) {
                     match answer.context("preload claim")? {
-                        ClaimAnswer::Claimed(claim) if kind == 'l' => {
+                        ClaimAnswer::Claimed(claim) if kind == KIND_CLAIMED => {
                             tokens.lock().expect("token table lock")[*index as usize] = claim.token;
                         }
                         ClaimAnswer::Claimed(claim) => completes.push(CompleteRequest::new(
@@ -720,15 +620,12 @@ async fn preload(
                         answer.context("preload complete")?;
                     }
                 }
-                let micros = (began.elapsed().as_micros() as u64).clamp(1, LATENCY_MAX_US);
-                tally.latency_us.record(micros).expect("value within histogram bounds");
-                tally.ops += 1;
-                tally.items += indexes.len() as u64;
+                tally.record(began.elapsed(), indexes.len() as u64);
                 written.fetch_add(indexes.len() as u64, Ordering::Relaxed);
             }
         });
     }
-    let mut tally = WorkerTally::new();
+    let mut tally = Tally::new();
     while let Some(joined) = workers.join_next().await {
         tally.merge(joined.context("preload task")??);
     }
@@ -736,25 +633,13 @@ async fn preload(
     Ok(Preloaded { tokens, written: written.load(Ordering::Relaxed), tally })
 }
 
-/// Client CPU time (user + system) of this process so far.
-fn process_cpu_time() -> Duration {
-    // SAFETY: getrusage only writes into the struct we hand it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
-}
-
 /// Runs the bench described by `args`: one result object per concurrency level.
 pub async fn bench(admin: DedupClient, args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     args.validate()?;
     let cluster = Cluster::resolve(admin, args.target).await?;
-    let prefix = args.key_prefix.clone().unwrap_or_else(|| format!("b{:08x}-", rand::random::<u32>()));
+    let prefix = args.key_prefix.clone().unwrap_or_else(KeySpace::random_prefix);
     let keys = KeySpace { prefix, key_bytes: args.key_bytes };
-    if keys.prefix.len() + KEY_SUFFIX_BYTES > keys.key_bytes {
+    if !KeySpace::fits(&keys.prefix, keys.key_bytes) {
         return Err(usage(format!("--key-bytes {} is too short for the key prefix {:?}", keys.key_bytes, keys.prefix)));
     }
     let levels: Vec<usize> = if args.sweep { SWEEP_CONCURRENCY.to_vec() } else { vec![args.concurrency] };
@@ -770,7 +655,7 @@ pub async fn bench(admin: DedupClient, args: &BenchArgs) -> anyhow::Result<Vec<V
     let mut preload_secs = 0.0;
     if args.path.preloads() == Some(Preload::Completed) && !args.skip_preload {
         let started = Instant::now();
-        preload_all(&cluster, &keys, args, 'c').await?;
+        preload_all(&cluster, &keys, args, KIND_COMPLETED).await?;
         preload_secs = started.elapsed().as_secs_f64();
     }
     let new_keys = Arc::new(AtomicU64::new(0));
@@ -809,21 +694,17 @@ async fn bench_level(
     let mut tokens = Vec::new();
     if args.path.preloads() == Some(Preload::Claimed) {
         let started = Instant::now();
-        tokens = preload_all(cluster, &level_keys, args, 'l').await?.tokens;
+        tokens = preload_all(cluster, &level_keys, args, KIND_CLAIMED).await?.tokens;
         preload_secs = started.elapsed().as_secs_f64();
     }
     let preloaded = if args.path.preloads().is_some() { args.keys } else { 0 };
     let clients = cluster.connect(args.connections).await?;
     let log_before = cluster.log_indexes().await;
-    let cpu_before = process_cpu_time();
-    let start = Instant::now();
+    let clock = RunClock::start();
+    let start = clock.started();
     let run = Arc::new(Run {
         path: args.path,
-        keys: if args.path == BenchPath::Complete {
-            level_keys
-        } else {
-            KeySpace { prefix: keys.prefix.clone(), key_bytes: keys.key_bytes }
-        },
+        keys: if args.path == BenchPath::Complete { level_keys } else { keys.clone() },
         namespace: args.namespace.clone(),
         lease_ms: args.lease_ms,
         retention_ms: args.retention_ms.unwrap_or(0),
@@ -833,9 +714,7 @@ async fn bench_level(
         preloaded,
         tokens,
         next_index: if args.path == BenchPath::Complete { Arc::new(AtomicU64::new(0)) } else { new_keys },
-        ops_started: AtomicU64::new(0),
-        max_ops: args.max_ops,
-        deadline: start + args.duration,
+        budget: OpBudget::new(start + args.duration, args.max_ops),
     });
     let due_every = args.rate.map(|rate| Duration::from_secs_f64(concurrency as f64 / rate as f64));
     let mut tasks = tokio::task::JoinSet::new();
@@ -843,12 +722,11 @@ async fn bench_level(
         let offset = due_every.map_or(Duration::ZERO, |period| period.mul_f64(index as f64 / concurrency as f64));
         tasks.spawn(worker(run.clone(), client.clone(), start, due_every, offset));
     }
-    let mut total = WorkerTally::new();
+    let mut total = Tally::new();
     while let Some(joined) = tasks.join_next().await {
         total.merge(joined.context("bench worker")?);
     }
-    let elapsed = start.elapsed();
-    let cpu = process_cpu_time().saturating_sub(cpu_before);
+    let (elapsed, cpu) = clock.stop();
     let raft_entries = log_growth(&log_before, &cluster.log_indexes().await);
     Ok(result_json(args, concurrency, &cluster.targets, &total, elapsed, cpu, raft_entries, preload_secs))
 }
@@ -857,11 +735,11 @@ async fn bench_level(
 /// most `--duration`; `ops` are batch pairs, `items` the records written.
 async fn fill(cluster: &Cluster, args: &BenchArgs, keys: &KeySpace, concurrency: usize) -> anyhow::Result<Value> {
     let log_before = cluster.log_indexes().await;
-    let cpu_before = process_cpu_time();
-    let start = Instant::now();
-    let done = preload(&cluster.admin, keys, args, 'c', args.keys, concurrency, start + args.duration).await?;
-    let elapsed = start.elapsed();
-    let cpu = process_cpu_time().saturating_sub(cpu_before);
+    let clock = RunClock::start();
+    let start = clock.started();
+    let done =
+        preload(&cluster.admin, keys, args, KIND_COMPLETED, args.keys, concurrency, start + args.duration).await?;
+    let (elapsed, cpu) = clock.stop();
     let raft_entries = log_growth(&log_before, &cluster.log_indexes().await);
     let mut value = result_json(args, concurrency, &cluster.targets, &done.tally, elapsed, cpu, raft_entries, 0.0);
     value["key_prefix"] = json!(keys.prefix);
@@ -883,113 +761,36 @@ fn result_json(
     args: &BenchArgs,
     concurrency: usize,
     targets: &[String],
-    tally: &WorkerTally,
+    tally: &Tally,
     elapsed: Duration,
     cpu: Duration,
     raft_entries: u64,
     preload_secs: f64,
 ) -> Value {
-    let seconds = elapsed.as_secs_f64().max(1e-9);
-    let quantile_ms = |q: f64| if tally.ops == 0 { 0.0 } else { tally.latency_us.value_at_quantile(q) as f64 / 1000.0 };
-    let errors: u64 = tally.errors.values().sum();
-    let unexpected: u64 = tally.unexpected.values().sum();
-    json!({
-        "path": args.path.name(),
-        "concurrency": concurrency,
-        "connections_per_node": args.connections,
-        "targets": targets,
-        "mode": if args.rate.is_some() { "open-loop" } else { "closed-loop" },
-        "rate": args.rate,
-        "key_bytes": args.key_bytes,
-        "outcome_bytes": args.outcome_bytes,
-        "batch": if matches!(args.path, BenchPath::BatchClaim | BenchPath::Fill) { Some(args.batch) } else { None },
-        "duration_s": seconds,
-        "ops": tally.ops,
-        "ops_per_sec": tally.ops as f64 / seconds,
-        "items": tally.items,
-        "items_per_sec": tally.items as f64 / seconds,
-        "errors": errors,
-        "errors_by_reason": tally.errors,
-        "unexpected_answers": unexpected,
-        "unexpected_by_answer": tally.unexpected,
-        "retries": tally.retries,
-        "redirects": tally.redirects,
-        "p50_ms": quantile_ms(0.50),
-        "p90_ms": quantile_ms(0.90),
-        "p99_ms": quantile_ms(0.99),
-        "p999_ms": quantile_ms(0.999),
-        "max_ms": if tally.ops == 0 { 0.0 } else { tally.latency_us.max() as f64 / 1000.0 },
-        "client_cpu_s": cpu.as_secs_f64(),
-        "client_cpu_percent": 100.0 * cpu.as_secs_f64() / seconds,
-        "raft_entries": raft_entries,
-        "preload_s": preload_secs,
-    })
+    RunReport {
+        path: args.path.name(),
+        concurrency,
+        connections_per_node: args.connections,
+        targets,
+        rate: args.rate,
+        key_bytes: args.key_bytes,
+        outcome_bytes: args.outcome_bytes,
+        batch: if matches!(args.path, BenchPath::BatchClaim | BenchPath::Fill) { Some(args.batch) } else { None },
+        tally,
+        elapsed,
+        cpu,
+        raft_entries: Some(raft_entries),
+        preload_secs,
+    }
+    .to_json()
 }
 
 /// The results as a table for people, one row per run.
 pub fn results_table(results: &[Value]) -> String {
-    let mut rows = vec![[
-        "path",
-        "conc",
-        "ops/s",
-        "items/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "max ms",
-        "errors",
-        "unexpected",
-        "retries",
-        "raft entries",
-        "client cpu",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect::<Vec<_>>()];
+    let mut out = table(results, &[]);
     for r in results {
-        let number = |name: &str| r[name].as_f64().unwrap_or(0.0);
-        rows.push(vec![
-            r["path"].as_str().unwrap_or("?").to_string(),
-            r["concurrency"].to_string(),
-            format!("{:.0}", number("ops_per_sec")),
-            format!("{:.0}", number("items_per_sec")),
-            format!("{:.3}", number("p50_ms")),
-            format!("{:.3}", number("p90_ms")),
-            format!("{:.3}", number("p99_ms")),
-            format!("{:.3}", number("p999_ms")),
-            format!("{:.3}", number("max_ms")),
-            r["errors"].to_string(),
-            r["unexpected_answers"].to_string(),
-            r["retries"].to_string(),
-            r["raft_entries"].to_string(),
-            format!("{:.0}%", number("client_cpu_percent")),
-        ]);
-    }
-    let mut out = String::new();
-    let widths: Vec<usize> =
-        (0..rows[0].len()).map(|c| rows.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
-    for row in &rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:>width$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    for r in results {
-        if let Some(errors) = r["errors_by_reason"].as_object().filter(|e| !e.is_empty()) {
-            out.push_str(&format!(
-                "{} c={}: errors {}\n",
-                r["path"].as_str().unwrap_or("?"),
-                r["concurrency"],
-                Value::Object(errors.clone())
-            ));
-        }
-        if let Some(unexpected) = r["unexpected_by_answer"].as_object().filter(|e| !e.is_empty()) {
-            out.push_str(&format!(
-                "{} c={}: unexpected answers {}\n",
-                r["path"].as_str().unwrap_or("?"),
-                r["concurrency"],
-                Value::Object(unexpected.clone())
-            ));
+        for (field, label) in [("errors_by_reason", "errors"), ("unexpected_by_answer", "unexpected answers")] {
+            out.extend(breakdown_line(r, field, label));
         }
         if let Some(prefix) = r["key_prefix"].as_str() {
             out.push_str(&format!(
@@ -999,30 +800,4 @@ pub fn results_table(results: &[Value]) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
-
-    #[test]
-    fn keys_have_the_asked_length_and_do_not_collide_across_kinds() {
-        let keys = KeySpace { prefix: "b1234abcd-".to_string(), key_bytes: 32 };
-        let completed = keys.key('c', 7);
-        let new = keys.key('n', 7);
-        assert_eq!(completed.len(), 32);
-        assert_eq!(new.len(), 32);
-        assert_ne!(completed, new);
-        assert_ne!(keys.key('n', 8), new);
-    }
 }
