@@ -29,7 +29,7 @@ fn source_snapshot() -> (tempfile::TempDir, Vec<u8>, StateDigest) {
             .expect("the snapshot folder")
             .map(|entry| entry.expect("an entry").file_name())
             .collect();
-        assert_eq!(names, ["current.snap"], "no scratch file is left behind");
+        assert_eq!(names, ["current.snap"], "no temporary file is left behind");
         let reader = open_snapshot_file(&dir.path().join("snapshot")).expect("read").expect("a snapshot file");
         assert_eq!(reader.meta.last_log_id.map(|id| id.index), Some(digest.applied.log_index));
         let bytes = std::fs::read(dir.path().join("snapshot/current.snap")).expect("the file");

@@ -16,13 +16,24 @@ use super::*;
 use crate::ledger::*;
 use crate::raft_types::*;
 
-/// A real sled engine that fails every call once `failing` is set, as a full or broken disk does.
-struct FailingEngine {
-    inner: SledEngine,
+/// A real engine that fails every call once `failing` is set, as a full or broken disk does, or
+/// sets it itself after `writes_left` more writes, as a process killed mid-way would stop.
+pub(super) struct FailingEngine {
+    inner: Arc<dyn Engine>,
     failing: Arc<AtomicBool>,
+    writes_left: std::sync::atomic::AtomicU64,
 }
 
 impl FailingEngine {
+    pub(super) fn new(inner: Arc<dyn Engine>, failing: Arc<AtomicBool>) -> FailingEngine {
+        FailingEngine { inner, failing, writes_left: u64::MAX.into() }
+    }
+
+    /// Lets `writes` writes through, then fails every call.
+    pub(super) fn after_writes(inner: Arc<dyn Engine>, writes: u64) -> FailingEngine {
+        FailingEngine { inner, failing: Arc::default(), writes_left: writes.into() }
+    }
+
     fn check(&self) -> io::Result<()> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected: no space left on device"));
@@ -37,6 +48,9 @@ impl Engine for FailingEngine {
         self.inner.get(space, key)
     }
     fn write(&self, space: Space, batch: engine::WriteBatch) -> io::Result<()> {
+        if self.writes_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            self.failing.store(true, Ordering::SeqCst);
+        }
         self.check()?;
         self.inner.write(space, batch)
     }
@@ -65,8 +79,8 @@ impl Engine for FailingEngine {
 
 fn stores(dir: &std::path::Path) -> (LogStore, StateMachineStore, Arc<AtomicBool>) {
     let failing = Arc::new(AtomicBool::new(false));
-    let engine: Arc<dyn Engine> =
-        Arc::new(FailingEngine { inner: SledEngine::open(&dir.join("sled")).unwrap(), failing: failing.clone() });
+    let sled: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir.join("sled")).unwrap());
+    let engine: Arc<dyn Engine> = Arc::new(FailingEngine::new(sled, failing.clone()));
     let log = LogStore::new(engine.clone());
     let state_machine = StateMachineStore::new(engine, dir.join("snapshot"), None).unwrap();
     (log, state_machine, failing)

@@ -318,6 +318,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::super::engine::SledEngine;
+    use super::super::fault_tests::FailingEngine;
     use super::super::inspect_tests::block_on;
     use super::*;
 
@@ -345,8 +346,8 @@ mod tests {
 
             // A truncation cut short after its first write leaves no hole.
             let truncate_from = purge_to + 20;
-            let failing = FirstWriteOnly { inner: engine.clone(), writes: Default::default() };
-            let partial = LogStore { engine: Arc::new(failing), ..store.clone() };
+            let partial =
+                LogStore { engine: Arc::new(FailingEngine::after_writes(engine.clone(), 1)), ..store.clone() };
             assert!(partial.remove_indexes(truncate_from, entries, RemoveOrder::HighFirst).is_err());
             let left = indexes(engine.as_ref());
             assert_eq!(left, (purge_to + 1..=*left.last().unwrap()).collect::<Vec<_>>(), "contiguous");
@@ -358,41 +359,5 @@ mod tests {
             store.remove_indexes(1, purge_to, RemoveOrder::LowFirst).unwrap();
             assert_eq!(store.end_index(false).unwrap(), Some(purge_to + 1));
         });
-    }
-
-    /// An engine whose writes after the first fail, as if the process died there.
-    struct FirstWriteOnly {
-        inner: Arc<dyn Engine>,
-        writes: AtomicU64,
-    }
-
-    impl Engine for FirstWriteOnly {
-        fn get(&self, space: Space, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-            self.inner.get(space, key)
-        }
-        fn write(&self, space: Space, batch: super::super::engine::WriteBatch) -> io::Result<()> {
-            if self.writes.fetch_add(1, Ordering::Relaxed) > 0 {
-                return Err(io::Error::other("killed"));
-            }
-            self.inner.write(space, batch)
-        }
-        fn scan(
-            &self,
-            space: Space,
-            from: Bound<Vec<u8>>,
-            to: Bound<Vec<u8>>,
-            limit: usize,
-        ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-            self.inner.scan(space, from, to, limit)
-        }
-        fn last(&self, space: Space) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-            self.inner.last(space)
-        }
-        fn flush(&self) -> io::Result<()> {
-            self.inner.flush()
-        }
-        fn size_on_disk(&self) -> io::Result<u64> {
-            self.inner.size_on_disk()
-        }
     }
 }

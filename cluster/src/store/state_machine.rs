@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::io;
 use std::io::Cursor;
-use std::io::Read;
 use std::io::Write;
 use std::ops::Bound;
 use std::path::Path;
@@ -459,14 +458,6 @@ impl SnapshotFile {
         write_file_durably(&self.path, write)?;
         *current = last_log_id;
         Ok(true)
-    }
-
-    /// A name beside the snapshot file for a scratch file of this process, removed on open if a
-    /// crash leaves it behind (its name starts `current.tmp`).
-    fn scratch_path(&self, what: &str) -> PathBuf {
-        static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.path.with_extension(format!("tmp.{what}.{}.{n}", std::process::id()))
     }
 }
 
@@ -907,9 +898,9 @@ const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 /// The first bytes of a zstd frame; a body without them is plain (written before compression).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-/// Encodes a snapshot body pair by pair, compressing as it goes into `W` (a scratch file for a
-/// build): a build holds one scan chunk, not the ledger's pairs and their plain encoding (about
-/// 250 + 155 bytes a record) nor the compressed body. The body is the zstd compression of
+/// Encodes a snapshot body pair by pair, compressing as it goes into `W`: a build holds one scan
+/// chunk and the compressed pairs, not the ledger's pairs and their plain encoding besides
+/// (about 250 + 155 bytes a record). The body is the zstd compression of
 /// `codec::encode(&SnapshotBody)`, as every reader (`decode_body`, older builds) expects, in two
 /// frames that decoders read on across: the head (the version byte and the pair count, postcard's
 /// length prefix of `pairs`), known only at the end, then the pairs, written to `W`.
@@ -1028,31 +1019,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // The state machine must be durable up to the snapshot point before openraft may
             // purge the logs the snapshot replaces.
             engine.flush()?;
-            // The pairs go to a scratch file as they are read, and from there into the snapshot
-            // file behind their head: memory stays one scan chunk whatever the ledger's size.
-            let pairs_path = snapshot_file.scratch_path("pairs");
-            let built = (|| -> io::Result<Vec<u8>> {
-                let mut body = BodyEncoder::new(std::io::BufWriter::new(std::fs::File::create(&pairs_path)?))?;
-                for_each_pair_at_point(engine.as_ref(), &journal, |key, value| body.push(&key, &value))?;
-                drop(journal); // applies stop journaling for this build
-                let (head, pairs) = body.finish()?;
-                let pairs_len = pairs.into_inner().map_err(|error| error.into_error())?.metadata()?.len();
-                let written = snapshot_file.replace_with_snapshot(&write_meta, head.len() as u64 + pairs_len, |file| {
-                    file.write_all(&head)?;
-                    std::io::copy(&mut std::fs::File::open(&pairs_path)?, file).map(|_| ())
-                })?;
-                if !written {
-                    tracing::info!(snapshot = ?write_meta.last_log_id, "a newer snapshot was installed meanwhile; kept it");
-                }
-                // openraft 0.9 keeps only the meta of a built snapshot; the body is handed over
-                // all the same, as the trait asks, in one buffer of its exact size.
-                let mut body = Vec::with_capacity(head.len() + pairs_len as usize);
-                body.extend_from_slice(&head);
-                std::fs::File::open(&pairs_path)?.read_to_end(&mut body)?;
-                Ok(body)
-            })();
-            let _ = std::fs::remove_file(&pairs_path);
-            built
+            let mut encoder = BodyEncoder::new(Vec::new())?;
+            for_each_pair_at_point(engine.as_ref(), &journal, |key, value| encoder.push(&key, &value))?;
+            drop(journal); // applies stop journaling for this build
+            let (head, pairs) = encoder.finish()?;
+            let body_len = (head.len() + pairs.len()) as u64;
+            let written = snapshot_file.replace_with_snapshot(&write_meta, body_len, |file| {
+                file.write_all(&head)?;
+                file.write_all(&pairs)
+            })?;
+            if !written {
+                tracing::info!(snapshot = ?write_meta.last_log_id, "a newer snapshot was installed meanwhile; kept it");
+            }
+            let mut body = head;
+            body.extend_from_slice(&pairs);
+            Ok(body)
         })
         .await
         .map_err(io::Error::other)
