@@ -427,8 +427,8 @@ impl SnapshotFile {
     }
 
     /// Writes the snapshot `meta` describes, unless the file already holds a newer one; returns
-    /// whether it wrote. Blocking. `write_body` writes the body, `body_len` bytes: the file is
-    /// `codec::encode(&(meta, body))` without the body ever being one buffer.
+    /// whether it wrote. Blocking. `write_body` writes the body, `body_len` bytes, in whatever
+    /// parts it is held: the file is `codec::encode(&(meta, body))` without joining them first.
     fn replace_with_snapshot(
         &self,
         meta: &SnapshotMeta,
