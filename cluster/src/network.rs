@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
 use dedup_proto::v1::raft_peer_client::RaftPeerClient;
 use dedup_proto::v1::raft_peer_server::RaftPeer;
@@ -243,11 +244,51 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 pub struct RaftPeerService {
     node_id: NodeId,
     raft: Raft,
+    /// This node's leader lease (`election_timeout_max`): how long after a leader's last call it
+    /// refuses votes.
+    leader_lease: Duration,
+    /// When a leader's AppendEntries or InstallSnapshot was last accepted here.
+    last_leader_contact: Mutex<Instant>,
 }
 
 impl RaftPeerService {
-    pub fn new(node_id: NodeId, raft: Raft) -> RaftPeerService {
-        RaftPeerService { node_id, raft }
+    pub fn new(node_id: NodeId, raft: Raft, leader_lease: Duration) -> RaftPeerService {
+        RaftPeerService { node_id, raft, leader_lease, last_leader_contact: Mutex::new(Instant::now()) }
+    }
+
+    fn leader_contact(&self) {
+        *self.last_leader_contact.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+    }
+
+    /// This node refused `candidate` only because its own log is newer, while its leader has been
+    /// silent for a whole lease: the leader is gone, the candidate can never win, and only a node
+    /// with the newest log can. Campaign now rather than after this node's own timeouts (up to
+    /// ~1.5 s more), so a crashed leader's successor is elected in one round.
+    ///
+    /// openraft refused without adopting the candidate's term, so a campaign now would ask for
+    /// that same term, which the candidate has voted itself; first this node votes for itself in
+    /// the candidate's term (a vote for nobody else, so it only narrows what it may grant), then
+    /// campaigns one term above. Liveness only: Raft is safe whoever campaigns and when, and a
+    /// live leader keeps the lease fresh, so no follower does this while it leads, and a leader
+    /// never does it.
+    fn campaign_instead_of(&self, candidate: &VoteRequest<NodeId>, last_log_id: Option<openraft::LogId<NodeId>>) {
+        tracing::info!(
+            candidate = %candidate.vote,
+            candidate_last_log_id = ?candidate.last_log_id,
+            ?last_log_id,
+            "refused a candidate with an older log while the leader is silent: campaigning"
+        );
+        let raft = self.raft.clone();
+        let own_vote =
+            VoteRequest::new(openraft::Vote::new(candidate.vote.leader_id().term, self.node_id), last_log_id);
+        tokio::spawn(async move {
+            let _ = raft.vote(own_vote).await;
+            let _ = raft.trigger().elect().await;
+        });
+    }
+
+    fn leader_silent_for_a_lease(&self) -> bool {
+        self.last_leader_contact.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).elapsed() >= self.leader_lease
     }
 
     pub fn into_server(self) -> RaftPeerServer<RaftPeerService> {
@@ -281,12 +322,27 @@ impl RaftPeer for RaftPeerService {
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
-        reply(&self.raft.append_entries(rpc).await)
+        let result = self.raft.append_entries(rpc).await;
+        if matches!(result, Ok(ref response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
+            self.leader_contact();
+        }
+        reply(&result)
     }
 
     async fn vote(&self, request: tonic::Request<RaftRequest>) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let rpc: VoteRequest<NodeId> = self.open(request)?;
-        reply(&self.raft.vote(rpc).await)
+        let candidate = rpc.clone();
+        let result = self.raft.vote(rpc).await;
+        if let Ok(response) = &result {
+            if !response.vote_granted
+                && response.last_log_id > candidate.last_log_id
+                && self.leader_silent_for_a_lease()
+                && !self.raft.metrics().borrow().state.is_leader()
+            {
+                self.campaign_instead_of(&candidate, response.last_log_id);
+            }
+        }
+        reply(&result)
     }
 
     async fn install_snapshot(
@@ -294,6 +350,11 @@ impl RaftPeer for RaftPeerService {
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
-        reply(&self.raft.install_snapshot(rpc).await)
+        let leader_vote = rpc.vote;
+        let result = self.raft.install_snapshot(rpc).await;
+        if matches!(result, Ok(ref response) if response.vote == leader_vote) {
+            self.leader_contact();
+        }
+        reply(&result)
     }
 }

@@ -112,7 +112,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the gRPC reflection service")?;
-    let peer = RaftPeerService::new(node.node_id, node.raft.clone()).into_server();
+    let leader_lease =
+        Duration::from_millis(dedup_cluster::node::election_timeout_max_ms(config.election_timeout_ms, node.node_id));
+    let peer = RaftPeerService::new(node.node_id, node.raft.clone(), leader_lease).into_server();
     // tonic applies `tcp_nodelay` only to listeners it binds itself: set it on every accepted
     // connection, or Nagle's algorithm holds back the tail of large answers (~40 ms each).
     let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |stream| {

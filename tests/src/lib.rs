@@ -14,7 +14,7 @@ use dedup_proto::v1::admin_client::AdminClient;
 use dedup_proto::v1::NodeStatusRequest;
 use dedup_proto::v1::NodeStatusResponse;
 
-/// How long a cluster may take to elect a leader (elections are 0.5-1.2 s; slack for busy CI).
+/// How long a cluster may take to elect a leader (elections take about 1-2 s; slack for busy CI).
 pub const LEADER_WAIT: Duration = Duration::from_secs(30);
 
 /// Path of a binary of this workspace, built by `cargo build --bins` (the test command does it).
