@@ -1,7 +1,5 @@
 //! openraft type configuration: what a log entry carries and what applying it answers.
 
-use std::io::Cursor;
-
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -39,7 +37,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::store::SnapshotBodyBytes,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::io::Cursor;
 use std::io::Read;
 use std::io::Seek;
 use std::path::Path;
@@ -25,6 +24,7 @@ use openraft::StoredMembership;
 use super::engine::Engine;
 use super::engine::SledEngine;
 use super::log::save_vote_offline;
+use super::snapshot_bytes::SnapshotBodyBytes;
 use super::state_machine::decode_body;
 use super::state_machine::StateMachineStore;
 use super::state_machine::SNAPSHOT_FILE;
@@ -44,6 +44,15 @@ pub struct SnapshotFileReader {
     /// Bytes of the whole file (what a copy of it holds).
     pub size: u64,
     pub file: std::fs::File,
+    /// Where the body starts in the file; it runs to the end.
+    body_offset: u64,
+}
+
+impl SnapshotFileReader {
+    /// The snapshot's body as a window of the file: nothing is read until it is.
+    pub fn into_body(self) -> SnapshotBodyBytes {
+        SnapshotBodyBytes::file_window(self.file, self.body_offset, self.size - self.body_offset)
+    }
 }
 
 /// Opens the snapshot file under `snapshot_dir` (a data folder's `snapshot/`); `None` if the
@@ -57,10 +66,19 @@ pub fn open_snapshot_file(snapshot_dir: &Path) -> io::Result<Option<SnapshotFile
     let size = file.metadata()?.len();
     let mut head = Vec::with_capacity(SNAPSHOT_HEAD_BYTES_MAX.min(size as usize));
     (&mut file).take(SNAPSHOT_HEAD_BYTES_MAX as u64).read_to_end(&mut head)?;
-    let (meta, _) = codec::decode_prefix::<SnapshotMeta>(&head)
+    let (meta, rest) = codec::decode_prefix::<SnapshotMeta>(&head)
         .map_err(|e| io::Error::other(format!("the snapshot file's meta does not decode: {e}")))?;
+    // The body follows as postcard bytes: its length, then itself, to the end of the file.
+    let (body_len, body) = postcard::take_from_bytes::<usize>(rest)
+        .map_err(|e| io::Error::other(format!("the snapshot file's body length does not decode: {e}")))?;
+    let body_offset = (head.len() - body.len()) as u64;
+    if body_offset.checked_add(body_len as u64) != Some(size) {
+        return Err(io::Error::other(format!(
+            "the snapshot file is {size} bytes, but its head says {body_offset} + a body of {body_len}"
+        )));
+    }
     file.rewind()?;
-    Ok(Some(SnapshotFileReader { meta, size, file }))
+    Ok(Some(SnapshotFileReader { meta, size, file, body_offset }))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +214,10 @@ pub async fn restore_node(
         std::fs::create_dir_all(data_dir)?;
         let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&data_dir.join(super::SLED_DIR))?);
         let mut state_machine = StateMachineStore::new(engine.clone(), data_dir.join(super::SNAPSHOT_DIR), None)?;
-        state_machine.install_snapshot(&meta, Box::new(Cursor::new(body))).await.map_err(io::Error::other)?;
+        state_machine
+            .install_snapshot(&meta, Box::new(SnapshotBodyBytes::in_memory(body)))
+            .await
+            .map_err(io::Error::other)?;
         // A vote for itself in the snapshot's term, never granted to anyone: elections of the
         // restored cluster start at the next term (see the module comment).
         save_vote_offline(engine.as_ref(), &Vote::new(last_log_id.leader_id.term, node_id))?;

@@ -24,7 +24,11 @@ fn source_snapshot() -> (tempfile::TempDir, Vec<u8>, StateDigest) {
         let digest = state_machine.reader().state_digest().expect("a digest");
         let built = state_machine.get_snapshot_builder().await.build_snapshot().await.expect("a snapshot");
         let current = state_machine.get_current_snapshot().await.expect("read").expect("the file");
-        assert_eq!(built.snapshot.get_ref(), current.snapshot.get_ref(), "the built body is the file's");
+        assert_eq!(
+            built.snapshot.into_bytes().expect("built body"),
+            current.snapshot.into_bytes().expect("the file's body"),
+            "the built body is the file's"
+        );
         let names: Vec<_> = std::fs::read_dir(dir.path().join("snapshot"))
             .expect("the snapshot folder")
             .map(|entry| entry.expect("an entry").file_name())

@@ -6,6 +6,7 @@ mod backup;
 mod engine;
 mod inspect;
 mod log;
+mod snapshot_bytes;
 mod state_machine;
 
 use std::io;
@@ -26,6 +27,7 @@ pub use inspect::NamespaceStats;
 pub use inspect::RecordPage;
 pub use inspect::StateDigest;
 pub use log::LogStore;
+pub use snapshot_bytes::SnapshotBodyBytes;
 pub use state_machine::record_storage_key;
 pub use state_machine::AppliedState;
 pub use state_machine::ApplyObserver;

@@ -24,7 +24,6 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::io;
-use std::io::Cursor;
 use std::io::Write;
 use std::ops::Bound;
 use std::path::Path;
@@ -45,6 +44,7 @@ use tokio::sync::watch;
 use super::engine::Engine;
 use super::engine::Space;
 use super::engine::WriteBatch;
+use super::snapshot_bytes::SnapshotBodyBytes;
 use crate::codec;
 use crate::ledger::apply_entry;
 use crate::ledger::limits::AUDIT_ENTRIES_MAX;
@@ -830,17 +830,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBodyBytes>, StorageError> {
+        Ok(Box::new(SnapshotBodyBytes::in_memory(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotBodyBytes>,
     ) -> Result<(), StorageError> {
         let signature = Some(meta.signature());
-        let body_bytes = snapshot.into_inner();
+        let body_bytes = snapshot.into_bytes().map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         let body_bytes_len = body_bytes.len();
         let body: SnapshotBody =
             decode_body(&body_bytes).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
@@ -875,16 +875,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
+    /// The snapshot file's meta, and its body as a window of the file: openraft asks for this when
+    /// it starts (it wants only the meta) and to send the snapshot (a chunk at a time).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let path = self.snapshot_path();
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(StorageIOError::read_snapshot(None, &error).into()),
-        };
-        let (meta, body): (SnapshotMeta, Vec<u8>) =
-            codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(body)) }))
+        let dir = self.snapshot_path().parent().unwrap_or(Path::new("."));
+        let opened = super::open_snapshot_file(dir).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(opened.map(|reader| {
+            let meta = reader.meta.clone();
+            Snapshot { meta, snapshot: Box::new(reader.into_body()) }
+        }))
     }
 }
 
@@ -1039,7 +1038,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(io::Error::other)
         .and_then(|r| r)
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(body_bytes)) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotBodyBytes::in_memory(body_bytes)) })
     }
 }
 
