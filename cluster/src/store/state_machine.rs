@@ -427,37 +427,41 @@ impl SnapshotFile {
     }
 
     /// Writes the snapshot `meta` describes, unless the file already holds a newer one; returns
-    /// whether it wrote. Blocking. `write_body` writes the body, `body_len` bytes, in whatever
-    /// parts it is held: the file is `codec::encode(&(meta, body))` without joining them first.
+    /// its body as a window of the file written (`None`: not written). Blocking. `write_body`
+    /// writes the body, `body_len` bytes, in whatever parts it is held: the file is
+    /// `codec::encode(&(meta, body))` without joining them first.
     fn replace_with_snapshot(
         &self,
         meta: &SnapshotMeta,
         body_len: u64,
         write_body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-    ) -> io::Result<bool> {
-        let body_len = usize::try_from(body_len).map_err(io::Error::other)?;
+    ) -> io::Result<Option<SnapshotBodyBytes>> {
+        let body_len_usize = usize::try_from(body_len).map_err(io::Error::other)?;
         let mut head = codec::encode(meta).map_err(io::Error::other)?;
-        head = postcard::to_extend(&body_len, head).map_err(io::Error::other)?;
-        self.replace_if_newer(meta.last_log_id, |file| {
+        head = postcard::to_extend(&body_len_usize, head).map_err(io::Error::other)?;
+        let body_offset = head.len() as u64;
+        let written = self.replace_if_newer(meta.last_log_id, |file| {
             file.write_all(&head)?;
             write_body(file)
-        })
+        })?;
+        Ok(written.map(|file| SnapshotBodyBytes::file_window(file, body_offset, body_len)))
     }
 
     /// Writes the file with `write` (the snapshot up to `last_log_id`) unless it already holds
-    /// a newer one. Returns whether it wrote. Blocking.
+    /// a newer one. Returns the file written, open (it stays this snapshot when a newer one
+    /// replaces the path), or `None` if it did not write. Blocking.
     fn replace_if_newer(
         &self,
         last_log_id: Option<LogId>,
         write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Option<std::fs::File>> {
         let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if current.is_some() && *current > last_log_id {
-            return Ok(false);
+            return Ok(None);
         }
-        write_file_durably(&self.path, write)?;
+        let file = write_file_durably(&self.path, write)?;
         *current = last_log_id;
-        Ok(true)
+        Ok(Some(file))
     }
 }
 
@@ -1014,7 +1018,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let engine = self.engine.clone();
         let snapshot_file = self.snapshot_file.clone();
         let write_meta = meta.clone();
-        let body_bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+        let body = tokio::task::spawn_blocking(move || -> io::Result<SnapshotBodyBytes> {
             // The state machine must be durable up to the snapshot point before openraft may
             // purge the logs the snapshot replaces.
             engine.flush()?;
@@ -1027,38 +1031,41 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 file.write_all(&head)?;
                 file.write_all(&pairs)
             })?;
-            if !written {
+            // openraft keeps only the meta of what a build returns: hand back the file written
+            // rather than a second, joined copy of the compressed body.
+            Ok(written.unwrap_or_else(|| {
                 tracing::info!(snapshot = ?write_meta.last_log_id, "a newer snapshot was installed meanwhile; kept it");
-            }
-            let mut body = head;
-            body.extend_from_slice(&pairs);
-            Ok(body)
+                let mut body = head;
+                body.extend_from_slice(&pairs);
+                SnapshotBodyBytes::in_memory(body)
+            }))
         })
         .await
         .map_err(io::Error::other)
         .and_then(|r| r)
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(SnapshotBodyBytes::in_memory(body_bytes)) })
+        Ok(Snapshot { meta, snapshot: Box::new(body) })
     }
 }
 
 /// Writes the file `write` produces to `path` so that after a crash the file is either the old
 /// one or the new one.
-fn write_file_durably(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+/// Returns the file written, open for reading.
+fn write_file_durably(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<std::fs::File> {
     let dir = path.parent().ok_or_else(|| io::Error::other("snapshot path has no directory"))?;
     // A name of its own: a process that has not quite ended (or a test harness's previous
     // instance of this node) may still be writing one.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temporary = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
-        write(&mut file)?;
-        let file = file.into_inner().map_err(|error| error.into_error())?;
-        file.sync_all()?;
-    }
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&temporary)?;
+    let mut writer = std::io::BufWriter::new(file);
+    write(&mut writer)?;
+    let file = writer.into_inner().map_err(|error| error.into_error())?;
+    file.sync_all()?;
     std::fs::rename(&temporary, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -1075,11 +1082,11 @@ mod snapshot_file_tests {
     fn a_late_build_never_replaces_a_newer_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let file = SnapshotFile::new(dir.path().join(SNAPSHOT_FILE));
-        assert!(file.replace_if_newer(log_id(10), |w| w.write_all(b"built at 10")).unwrap());
+        assert!(file.replace_if_newer(log_id(10), |w| w.write_all(b"built at 10")).unwrap().is_some());
         // An install of 282 lands while a build of 140 is still running...
-        assert!(file.clone().replace_if_newer(log_id(282), |w| w.write_all(b"installed 282")).unwrap());
+        assert!(file.clone().replace_if_newer(log_id(282), |w| w.write_all(b"installed 282")).unwrap().is_some());
         // ...and the build finishing later keeps its hands off the file.
-        assert!(!file.replace_if_newer(log_id(140), |w| w.write_all(b"built at 140")).unwrap());
+        assert!(file.replace_if_newer(log_id(140), |w| w.write_all(b"built at 140")).unwrap().is_none());
         assert_eq!(std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap(), b"installed 282");
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -1093,7 +1100,9 @@ mod snapshot_file_tests {
             .map(|index| {
                 let file = file.clone();
                 std::thread::spawn(move || {
-                    file.replace_if_newer(log_id(index), |w| w.write_all(&vec![index as u8; 64 * 1024])).unwrap()
+                    file.replace_if_newer(log_id(index), |w| w.write_all(&vec![index as u8; 64 * 1024]))
+                        .unwrap()
+                        .is_some()
                 })
             })
             .collect();
@@ -1172,9 +1181,10 @@ mod snapshot_dump_tests {
             w.write_all(head)?;
             w.write_all(rest)
         });
-        assert!(written.unwrap());
+        let window = written.unwrap().expect("written");
         let bytes = std::fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap();
         assert_eq!(bytes, codec::encode(&(&meta, &body)).unwrap());
+        assert_eq!(window.into_bytes().unwrap(), body, "the returned window is the body written");
     }
 
     /// Writes made after the snapshot point, before and during the chunked scan, never show in
