@@ -9,7 +9,8 @@
 #   bench/catch-up.sh [RECORDS]                 # default 1000000
 #
 # Knobs (env): DEDUPD (default target/release/dedupd), DEDUPCTL (target/release/dedupctl),
-# EXTRA_ARGS (more dedupd flags), CATCH_UP_MAX_S (600: bound of the wait). Build first:
+# EXTRA_ARGS (more dedupd flags), CATCH_UP_MAX_S (600: bound of the wait), KEEP_LOGS (a folder
+# to copy the nodes' logs to). Build first:
 # cargo build --release --bins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,12 @@ peers=1=127.0.0.1:7711,2=127.0.0.1:7712,3=127.0.0.1:7713
 endpoints=127.0.0.1:7711,127.0.0.1:7712,127.0.0.1:7713
 work=$(mktemp -d /var/tmp/dedup-catchup.XXXXXX)
 declare -A pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ -n ${KEEP_LOGS:-} ]]; then mkdir -p "$KEEP_LOGS" && cp "$work"/node-*.log "$KEEP_LOGS"/; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 start() {
   # shellcheck disable=SC2086 # EXTRA_ARGS are words on purpose

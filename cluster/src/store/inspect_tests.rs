@@ -12,7 +12,10 @@ use openraft::EntryPayload;
 use openraft::Membership;
 use openraft::RaftSnapshotBuilder;
 
+use super::state_machine::INSTALL_CHUNK_PAIRS;
+use super::state_machine::META_INSTALLING;
 use super::*;
+use crate::codec;
 use crate::ledger::limits::AUDIT_ENTRIES_MAX;
 use crate::ledger::limits::AUDIT_PAGE_MAX;
 use crate::ledger::limits::ENTRY_COMMANDS_MAX;
@@ -413,4 +416,88 @@ fn counts_and_namespace_stats_describe_the_namespace() {
         let empty = reader.namespace_stats("empty", 10).unwrap();
         assert_eq!((empty.oldest_live_claim_created_at, empty.scanned_all), (None, true));
     });
+}
+
+/// Entries `first..` that claim `count` keys `{prefix}{i:05}` in `namespace`, 200 per entry.
+fn many_claims(first: u64, namespace: &str, prefix: &str, count: usize) -> Vec<Entry> {
+    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}{i:05}")).collect();
+    keys.chunks(200)
+        .enumerate()
+        .map(|(n, chunk)| {
+            let index = first + n as u64;
+            normal(index, index, chunk.iter().map(|key| claim(namespace, key, 60_000, None)).collect())
+        })
+        .collect()
+}
+
+/// A leader's ledger of several install chunks (9,000 claimed records), and a follower's that diverged from it: keys before, between and after the leader's,
+/// some the same, some in a namespace the leader does not have.
+fn leader_and_diverged_follower() -> (Replica, Replica) {
+    block_on(async {
+        let mut leader = Replica::open();
+        let mut log = vec![membership(1)];
+        log.extend(many_claims(2, "orders", "k", 9_000));
+        leader.apply(log).await;
+        let mut follower = Replica::open();
+        let mut log = vec![membership(1)];
+        log.extend(many_claims(2, "orders", "k", 3_000));
+        log.extend(many_claims(17, "orders", "k0", 6_000)); // between and among the leader's keys
+        log.extend(many_claims(47, "zzz", "z", 1_500)); // after every key of the leader
+        follower.apply(log).await;
+        assert_ne!(follower.digest().sha256, leader.digest().sha256);
+        (leader, follower)
+    })
+}
+
+#[test]
+fn an_install_over_a_diverged_ledger_of_many_chunks_leaves_exactly_the_snapshot() {
+    let (leader, mut follower) = leader_and_diverged_follower();
+    block_on(async {
+        let mut leader = leader;
+        let snapshot = leader.store.get_snapshot_builder().await.build_snapshot().await.expect("a snapshot");
+        let digest = leader.digest();
+        assert!(digest.pairs > 2 * INSTALL_CHUNK_PAIRS as u64, "several chunks: {digest:?}");
+        follower.store.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        assert_eq!(follower.digest(), digest, "the follower holds the leader's ledger, nothing else");
+        assert_eq!(follower.reader().total_counts().unwrap(), leader.reader().total_counts().unwrap());
+        assert_eq!(follower.reader().applied(), leader.reader().applied());
+    });
+}
+
+#[test]
+fn an_install_a_crash_interrupted_is_finished_when_the_node_opens() {
+    let (leader, follower) = leader_and_diverged_follower();
+    let Replica { _dir: dir, store } = follower;
+    drop(store);
+    block_on(async {
+        let mut leader = leader;
+        let snapshot = leader.store.get_snapshot_builder().await.build_snapshot().await.expect("a snapshot");
+        let inner: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir.path().join("sled")).expect("reopen sled"));
+        // The marker and the first chunk are written, then the process "dies".
+        let failing: Arc<dyn Engine> = Arc::new(super::fault_tests::FailingEngine::after_writes(inner.clone(), 2));
+        let mut torn = StateMachineStore::new(failing, dir.path().join("snapshot"), None).expect("open");
+        torn.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect_err("the engine fails mid-install");
+        drop(torn);
+        let torn_digest = StateMachineStore::new(inner.clone(), dir.path().join("snapshot"), None)
+            .map(|store| store.reader().state_digest().expect("digest"))
+            .expect("open");
+        assert_eq!(torn_digest, leader.digest(), "opening finished the install from the snapshot file");
+        assert!(inner.get(Space::Ledger, META_INSTALLING).unwrap().is_none(), "the marker is gone");
+    });
+}
+
+#[test]
+fn an_install_marker_without_its_snapshot_file_is_dropped_and_the_ledger_kept() {
+    let mut replica = Replica::open();
+    block_on(replica.apply(many_claims(1, "orders", "k", 300)));
+    let before = replica.digest();
+    let Replica { _dir: dir, store } = replica;
+    drop(store);
+    let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir.path().join("sled")).expect("reopen sled"));
+    // A crash after the marker, before the snapshot file was written: nothing else changed.
+    let marker = codec::encode(&Some(LogId::new(CommittedLeaderId::new(9, 2), 5_000))).unwrap();
+    engine.write(Space::Ledger, vec![(META_INSTALLING.to_vec(), Some(marker))]).unwrap();
+    let store = StateMachineStore::new(engine.clone(), dir.path().join("snapshot"), None).expect("open");
+    assert_eq!(store.reader().state_digest().expect("digest"), before, "the ledger is as it was");
+    assert!(engine.get(Space::Ledger, META_INSTALLING).unwrap().is_none(), "the marker is gone");
 }

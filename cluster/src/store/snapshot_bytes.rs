@@ -55,6 +55,17 @@ impl SnapshotBodyBytes {
         self.len() == 0
     }
 
+    /// Reads the body from its start, whatever has been read through the async interface.
+    /// Blocking for a file window.
+    pub fn reader(&self) -> Box<dyn io::Read + Send + '_> {
+        match &self.0 {
+            Source::Memory(cursor) => Box::new(cursor.get_ref().as_slice()),
+            Source::File { file, offset, len, .. } => {
+                Box::new(WindowReader { file, offset: *offset, len: *len, position: 0 })
+            }
+        }
+    }
+
     /// The whole body (read from the file for a file window). Blocking.
     pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         match self.0 {
@@ -66,6 +77,29 @@ impl SnapshotBodyBytes {
                 Ok(bytes)
             }
         }
+    }
+}
+
+/// A file window read from its start with positioned reads.
+struct WindowReader<'a> {
+    file: &'a std::fs::File,
+    offset: u64,
+    len: u64,
+    position: u64,
+}
+
+impl io::Read for WindowReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let wanted = (self.len - self.position.min(self.len)).min(buf.len() as u64) as usize;
+        if wanted == 0 {
+            return Ok(0);
+        }
+        let read = self.file.read_at(&mut buf[..wanted], self.offset + self.position)?;
+        if read == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the snapshot file is shorter than its body"));
+        }
+        self.position += read as u64;
+        Ok(read)
     }
 }
 
@@ -194,6 +228,9 @@ mod tests {
         assert_eq!(window.seek(SeekFrom::End(-10)).await.expect("seek from end"), len - 10);
         assert!(window.seek(SeekFrom::Current(-(len as i64))).await.is_err(), "before the start");
         assert_eq!(window.len(), len);
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut window.reader(), &mut read).expect("read from the start");
+        assert_eq!(read, expected, "the blocking reader starts at the body's start");
         assert_eq!(window.into_bytes().expect("whole body"), expected);
     }
 

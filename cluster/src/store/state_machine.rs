@@ -62,6 +62,13 @@ use crate::raft_types::*;
 pub(super) const RECORD_PREFIX: u8 = b'r';
 pub(super) const META_APPLIED: &[u8] = b"m/applied";
 const META_MEMBERSHIP: &[u8] = b"m/membership";
+/// An install under way: the last log id of the snapshot being installed. Written before the
+/// install's first ledger write and removed by its last; a node that finds it when it opens
+/// finishes the install from the snapshot file (`StateMachineStore::new`).
+pub(super) const META_INSTALLING: &[u8] = b"m/installing";
+/// Snapshot pairs per write of an install: one sled batch holds every replaced page version
+/// until it ends, so a single batch of a million-record ledger took ~13 GB of RSS.
+pub(super) const INSTALL_CHUNK_PAIRS: usize = 4_096;
 pub(super) const META_LEDGER_TIME: &[u8] = b"m/ledger_time";
 /// The sum of every namespace's [`NamespaceCounts`].
 pub(super) const META_TOTAL_COUNTS: &[u8] = b"m/record_counts";
@@ -379,6 +386,7 @@ impl StateMachineStore {
             observer,
             journals: Arc::default(),
         };
+        store.finish_interrupted_install()?;
         let initial = store.read_applied_state()?;
         store.applied.send_replace(initial);
         Ok(store)
@@ -392,6 +400,86 @@ impl StateMachineStore {
         match self.engine.get(Space::Ledger, key)? {
             Some(bytes) => codec::decode(&bytes).map(Some).map_err(io::Error::other),
             None => Ok(None),
+        }
+    }
+
+    /// Makes the ledger space the snapshot's, `INSTALL_CHUNK_PAIRS` pairs per write, then sets
+    /// the applied log id and membership and removes the install marker in one last write.
+    /// Pairs come in key order, so each write also removes the keys the ledger holds between the
+    /// previous chunk's last key and this chunk's that the snapshot does not. Blocking.
+    fn replace_ledger(&self, meta: &SnapshotMeta, body: &SnapshotBodyBytes) -> io::Result<()> {
+        let engine = self.engine.as_ref();
+        let mut decoder = BodyDecoder::new(body.reader())?;
+        let mut after: Bound<Vec<u8>> = Bound::Unbounded;
+        loop {
+            let mut chunk = Vec::with_capacity(INSTALL_CHUNK_PAIRS);
+            while chunk.len() < INSTALL_CHUNK_PAIRS {
+                match decoder.next_pair()? {
+                    Some(pair) => chunk.push(pair),
+                    None => break,
+                }
+            }
+            let last_chunk = chunk.len() < INSTALL_CHUNK_PAIRS;
+            let upto = match (last_chunk, chunk.last()) {
+                (false, Some((key, _))) => Bound::Included(key.clone()),
+                _ => Bound::Unbounded,
+            };
+            let kept: BTreeSet<&[u8]> = chunk.iter().map(|(key, _)| key.as_slice()).collect();
+            let mut write: WriteBatch = Vec::with_capacity(chunk.len());
+            let mut from = after.clone();
+            loop {
+                let present = engine.scan(Space::Ledger, from, upto.clone(), INSTALL_CHUNK_PAIRS)?;
+                let Some((last_present, _)) = present.last() else { break };
+                from = Bound::Excluded(last_present.clone());
+                let full = present.len() == INSTALL_CHUNK_PAIRS;
+                write.extend(
+                    present
+                        .into_iter()
+                        .filter(|(key, _)| key != META_INSTALLING && !kept.contains(key.as_slice()))
+                        .map(|(key, _)| (key, None)),
+                );
+                if !full {
+                    break;
+                }
+            }
+            let next_after = chunk.last().map(|(key, _)| Bound::Excluded(key.clone()));
+            write.extend(chunk.into_iter().filter(|(key, _)| key != META_INSTALLING).map(|(k, v)| (k, Some(v))));
+            self.journals.write_ledger(engine, write)?;
+            engine.flush()?;
+            if last_chunk {
+                break;
+            }
+            after = next_after.unwrap_or(Bound::Unbounded);
+        }
+        self.journals.write_ledger(
+            engine,
+            vec![
+                meta_pair(META_APPLIED, &meta.last_log_id)?,
+                meta_pair(META_MEMBERSHIP, &meta.last_membership)?,
+                (META_INSTALLING.to_vec(), None),
+            ],
+        )?;
+        engine.flush()
+    }
+
+    /// An install a crash interrupted (its marker is still there): finishes it from the snapshot
+    /// file if the file was written, else removes the marker (the ledger was not touched yet).
+    fn finish_interrupted_install(&self) -> io::Result<()> {
+        let Some(target) = self.read_meta::<Option<LogId>>(META_INSTALLING)? else {
+            return Ok(());
+        };
+        let dir = self.snapshot_path().parent().unwrap_or(Path::new("."));
+        match super::open_snapshot_file(dir)? {
+            Some(reader) if reader.meta.last_log_id >= target => {
+                let meta = reader.meta.clone();
+                tracing::warn!(snapshot = ?meta.last_log_id, "finishing a snapshot install a crash interrupted");
+                self.replace_ledger(&meta, &reader.into_body())
+            }
+            _ => {
+                tracing::warn!(snapshot = ?target, "a snapshot install was interrupted before it wrote anything; dropped");
+                self.journals.write_ledger(self.engine.as_ref(), vec![(META_INSTALLING.to_vec(), None)])?;
+                self.engine.flush()
+            }
         }
     }
 
@@ -844,32 +932,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<SnapshotBodyBytes>,
     ) -> Result<(), StorageError> {
         let signature = Some(meta.signature());
-        let body_bytes = snapshot.into_bytes().map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        let body_bytes_len = body_bytes.len();
-        let body: SnapshotBody =
-            decode_body(&body_bytes).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        let pairs = check_body(&snapshot).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         let install = || -> io::Result<AppliedState> {
-            // Replace the whole ledger space in one atomic write: old keys out, snapshot in.
-            let existing = self.engine.scan(Space::Ledger, Bound::Unbounded, Bound::Unbounded, usize::MAX)?;
-            let mut write: BTreeMap<Vec<u8>, Option<Vec<u8>>> = existing.into_iter().map(|(k, _)| (k, None)).collect();
-            for (key, value) in body.pairs {
-                write.insert(key, Some(value));
-            }
-            for (key, value) in
-                [meta_pair(META_APPLIED, &meta.last_log_id)?, meta_pair(META_MEMBERSHIP, &meta.last_membership)?]
-            {
-                write.insert(key, value);
-            }
-            self.journals.write_ledger(self.engine.as_ref(), write.into_iter().collect())?;
+            // From the marker on, a crash leaves a ledger part old, part new: the node finishes
+            // the install from the snapshot file when it opens, so the file is written first.
+            self.journals.write_ledger(self.engine.as_ref(), vec![meta_pair(META_INSTALLING, &meta.last_log_id)?])?;
             self.engine.flush()?;
-            self.snapshot_file
-                .replace_with_snapshot(meta, body_bytes.len() as u64, |file| file.write_all(&body_bytes))?;
+            self.snapshot_file.replace_with_snapshot(meta, snapshot.len(), |file| {
+                io::copy(&mut snapshot.reader(), file).map(|_| ())
+            })?;
+            self.replace_ledger(meta, &snapshot)?;
             self.read_applied_state()
         };
         let applied = install().map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         tracing::info!(
             index = applied.log_index,
-            bytes = body_bytes_len,
+            bytes = snapshot.len(),
+            pairs,
             "installed a snapshot from the leader; the ledger was replaced"
         );
         if let Some(observer) = &self.observer {
@@ -938,6 +1017,91 @@ impl<W: Write> BodyEncoder<W> {
         let head = postcard::to_extend(&self.count, vec![codec::FORMAT_VERSION]).map_err(io::Error::other)?;
         Ok((zstd::encode_all(head.as_slice(), SNAPSHOT_ZSTD_LEVEL)?, pairs))
     }
+}
+
+/// Reads a snapshot body (zstd-compressed or plain, as `decode_body` accepts) pair by pair,
+/// holding one pair at a time.
+pub(super) struct BodyDecoder<'a> {
+    input: Box<dyn io::Read + 'a>,
+    remaining: u64,
+    previous: Option<Vec<u8>>,
+}
+
+impl<'a> BodyDecoder<'a> {
+    pub(super) fn new(body: impl io::Read + 'a) -> io::Result<BodyDecoder<'a>> {
+        let mut body = io::BufReader::new(body);
+        let compressed = io::BufRead::fill_buf(&mut body)?.starts_with(&ZSTD_MAGIC);
+        let mut input: Box<dyn io::Read + 'a> =
+            if compressed { Box::new(zstd::stream::read::Decoder::with_buffer(body)?) } else { Box::new(body) };
+        let mut version = [0u8];
+        input.read_exact(&mut version)?;
+        if version[0] != codec::FORMAT_VERSION {
+            return Err(io::Error::other(format!("snapshot body format version {} is not supported", version[0])));
+        }
+        let remaining = read_varint(&mut input)?;
+        Ok(BodyDecoder { input, remaining, previous: None })
+    }
+
+    /// The next pair; keys must ascend strictly (a body is written in key order).
+    pub(super) fn next_pair(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let key = read_bytes(&mut self.input)?;
+        let value = read_bytes(&mut self.input)?;
+        if self.previous.as_ref().is_some_and(|previous| *previous >= key) {
+            return Err(io::Error::other("snapshot body keys are not in ascending order"));
+        }
+        self.previous = Some(key.clone());
+        self.remaining -= 1;
+        Ok(Some((key, value)))
+    }
+}
+
+/// A postcard varint (LEB128, at most 10 bytes for a u64).
+fn read_varint(input: &mut dyn io::Read) -> io::Result<u64> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        let mut byte = [0u8];
+        input.read_exact(&mut byte)?;
+        value |= u64::from(byte[0] & 0x7f).checked_shl(shift).unwrap_or(0);
+        if byte[0] & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(io::Error::other("a snapshot body length is longer than ten bytes"))
+}
+
+/// Postcard bytes: a varint length, then the bytes (at most one engine value).
+fn read_bytes(input: &mut dyn io::Read) -> io::Result<Vec<u8>> {
+    let len = read_varint(input)?;
+    if len > SNAPSHOT_PAIR_PART_BYTES_MAX {
+        return Err(io::Error::other(format!(
+            "a snapshot body key or value of {len} bytes is over the limit of {SNAPSHOT_PAIR_PART_BYTES_MAX}"
+        )));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    input.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Bound on one key or value of a snapshot body, so a corrupt length cannot ask for gigabytes:
+/// far above any ledger record (`limits`) or metadata value.
+const SNAPSHOT_PAIR_PART_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// Decodes a whole body without keeping it, before an install writes anything: the number of
+/// pairs, or why it is not a snapshot body. Blocking.
+fn check_body(body: &SnapshotBodyBytes) -> io::Result<u64> {
+    let mut decoder = BodyDecoder::new(body.reader())?;
+    let mut pairs = 0;
+    while decoder.next_pair()?.is_some() {
+        pairs += 1;
+    }
+    let mut rest = [0u8];
+    if decoder.input.read(&mut rest)? != 0 {
+        return Err(io::Error::other("the snapshot body has bytes after its last pair"));
+    }
+    Ok(pairs)
 }
 
 pub(super) fn decode_body(bytes: &[u8]) -> io::Result<SnapshotBody> {
@@ -1162,6 +1326,36 @@ mod snapshot_dump_tests {
             let whole = codec::encode(&SnapshotBody { pairs: pairs.clone() }).unwrap();
             assert_eq!(zstd::decode_all(body.as_slice()).unwrap(), whole, "{count} pairs");
             assert_eq!(decode_body(&body).unwrap().pairs, pairs, "{count} pairs");
+            // The pair-by-pair decoder reads the same pairs from the streamed and the plain body.
+            for source in [body.as_slice(), whole.as_slice()] {
+                let mut decoder = BodyDecoder::new(source).unwrap();
+                let mut read = Vec::new();
+                while let Some(pair) = decoder.next_pair().unwrap() {
+                    read.push(pair);
+                }
+                assert_eq!(read, pairs, "{count} pairs");
+                assert_eq!(check_body(&SnapshotBodyBytes::in_memory(source.to_vec())).unwrap(), u64::from(count));
+            }
+        }
+    }
+
+    /// An install checks the whole body before it writes anything: keys out of order, another
+    /// format version, a cut-short body or bytes after the last pair are refused.
+    #[test]
+    fn a_body_that_is_not_a_snapshot_body_is_refused_before_an_install_writes() {
+        let body = |pairs: Vec<(Vec<u8>, Vec<u8>)>| codec::encode(&SnapshotBody { pairs }).unwrap();
+        let ordered = body(vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+        assert_eq!(check_body(&SnapshotBodyBytes::in_memory(ordered.clone())).unwrap(), 2);
+        let unordered = body(vec![(b"b".to_vec(), b"1".to_vec()), (b"a".to_vec(), b"2".to_vec())]);
+        let mut other_version = ordered.clone();
+        other_version[0] = codec::FORMAT_VERSION.wrapping_add(1);
+        let cut_short = ordered[..ordered.len() - 1].to_vec();
+        let mut trailing = ordered.clone();
+        trailing.push(0);
+        for (name, bad) in
+            [("unordered", unordered), ("version", other_version), ("cut short", cut_short), ("trailing", trailing)]
+        {
+            assert!(check_body(&SnapshotBodyBytes::in_memory(bad)).is_err(), "{name}");
         }
     }
 
