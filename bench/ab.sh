@@ -14,6 +14,8 @@
 # claim-dup aimed at a follower), REPS (3), DURATION (5s), DEDUPCTL (target/release/dedupctl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+. bench/common.sh
 a=${A:-target/release/dedupd}
 b=${B:-target/release/dedupd}
 dedupctl=${DEDUPCTL:-target/release/dedupctl}
@@ -23,11 +25,10 @@ duration=${DURATION:-5s}
 out=${OUT:-target/ab/results.jsonl}
 mkdir -p "$(dirname "$out")"
 : >"$out"
-for exe in "$a" "$b" "$dedupctl"; do
-  [[ -x "$exe" ]] || { echo "$exe is missing: build first (cargo build --release --bins)" >&2; exit 2; }
-done
-peers=1=127.0.0.1:7601,2=127.0.0.1:7602,3=127.0.0.1:7603
-endpoints=127.0.0.1:7601,127.0.0.1:7602,127.0.0.1:7603
+require_built "$a" "$b" "$dedupctl"
+local_cluster 760 3
+peers=$PEERS
+endpoints=$ENDPOINTS
 work=$(mktemp -d /var/tmp/dedup-ab.XXXXXX)
 declare -a pids=()
 stop() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }

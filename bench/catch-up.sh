@@ -14,15 +14,16 @@
 # cargo build --release --bins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+. bench/common.sh
 records=${1:-1000000}
 dedupd=${DEDUPD:-target/release/dedupd}
 dedupctl=${DEDUPCTL:-target/release/dedupctl}
 max_s=${CATCH_UP_MAX_S:-600}
-for exe in "$dedupd" "$dedupctl"; do
-  [[ -x "$exe" ]] || { echo "$exe is missing: build first (cargo build --release --bins)" >&2; exit 2; }
-done
-peers=1=127.0.0.1:7711,2=127.0.0.1:7712,3=127.0.0.1:7713
-endpoints=127.0.0.1:7711,127.0.0.1:7712,127.0.0.1:7713
+require_built "$dedupd" "$dedupctl"
+local_cluster 771 3
+peers=$PEERS
+endpoints=$ENDPOINTS
 work=$(mktemp -d /var/tmp/dedup-catchup.XXXXXX)
 declare -A pids=()
 cleanup() {

@@ -14,19 +14,18 @@
 # large RECORDS). Build first: cargo build --release --bins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+. bench/common.sh
 records=${1:-1000000}
 dedupd=${DEDUPD:-target/release/dedupd}
 dedupctl=${DEDUPCTL:-target/release/dedupctl}
-for exe in "$dedupd" "$dedupctl"; do
-  [[ -x "$exe" ]] || { echo "$exe is missing: build first (cargo build --release --bins)" >&2; exit 2; }
-done
+require_built "$dedupd" "$dedupctl"
 nodes=${NODES:-3}
 [[ $nodes == 1 || $nodes == 3 ]] || { echo "NODES must be 1 or 3" >&2; exit 2; }
 ids=$(seq 1 "$nodes")
-peers=$(for id in $ids; do printf '%s=127.0.0.1:770%s,' "$id" "$id"; done)
-peers=${peers%,}
-endpoints=$(for id in $ids; do printf '127.0.0.1:770%s,' "$id"; done)
-endpoints=${endpoints%,}
+local_cluster 770 "$nodes"
+peers=$PEERS
+endpoints=$ENDPOINTS
 work=$(mktemp -d /var/tmp/dedup-snapmem.XXXXXX)
 declare -a pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
