@@ -79,6 +79,9 @@ pub(super) fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// One replica's state machine on a temporary sled database.
 struct Replica {
     _dir: tempfile::TempDir,
+    /// The store's engine, for tests that open the store again: sled's lock outlives a dropped
+    /// `Db` for a moment (its flusher thread), so reopening the folder at once can fail.
+    engine: Arc<dyn Engine>,
     store: StateMachineStore,
 }
 
@@ -86,8 +89,8 @@ impl Replica {
     fn open() -> Replica {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir.path().join("sled")).expect("open sled"));
-        let store = StateMachineStore::new(engine, dir.path().join("snapshot"), None).expect("open the store");
-        Replica { _dir: dir, store }
+        let store = StateMachineStore::new(engine.clone(), dir.path().join("snapshot"), None).expect("open the store");
+        Replica { _dir: dir, engine, store }
     }
 
     async fn apply(&mut self, entries: Vec<Entry>) -> Vec<EntryResults> {
@@ -467,12 +470,11 @@ fn an_install_over_a_diverged_ledger_of_many_chunks_leaves_exactly_the_snapshot(
 #[test]
 fn an_install_a_crash_interrupted_is_finished_when_the_node_opens() {
     let (leader, follower) = leader_and_diverged_follower();
-    let Replica { _dir: dir, store } = follower;
+    let Replica { _dir: dir, engine: inner, store } = follower;
     drop(store);
     block_on(async {
         let mut leader = leader;
         let snapshot = leader.store.get_snapshot_builder().await.build_snapshot().await.expect("a snapshot");
-        let inner: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir.path().join("sled")).expect("reopen sled"));
         // The marker and the first chunk are written, then the process "dies".
         let failing: Arc<dyn Engine> = Arc::new(super::fault_tests::FailingEngine::after_writes(inner.clone(), 2));
         let mut torn = StateMachineStore::new(failing, dir.path().join("snapshot"), None).expect("open");
@@ -491,9 +493,8 @@ fn an_install_marker_without_its_snapshot_file_is_dropped_and_the_ledger_kept() 
     let mut replica = Replica::open();
     block_on(replica.apply(many_claims(1, "orders", "k", 300)));
     let before = replica.digest();
-    let Replica { _dir: dir, store } = replica;
+    let Replica { _dir: dir, engine, store } = replica;
     drop(store);
-    let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir.path().join("sled")).expect("reopen sled"));
     // A crash after the marker, before the snapshot file was written: nothing else changed.
     let marker = codec::encode(&Some(LogId::new(CommittedLeaderId::new(9, 2), 5_000))).unwrap();
     engine.write(Space::Ledger, vec![(META_INSTALLING.to_vec(), Some(marker))]).unwrap();
