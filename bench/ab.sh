@@ -16,9 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
 . bench/common.sh
-a=${A:-target/release/dedupd}
-b=${B:-target/release/dedupd}
-dedupctl=${DEDUPCTL:-target/release/dedupctl}
+a=${A:-$dedupd}
+b=${B:-$dedupd}
 cells=${CELLS:-claim-new:64 claim-dup:64 claim-new:1}
 reps=${REPS:-3}
 duration=${DURATION:-5s}

@@ -17,8 +17,6 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
 . bench/common.sh
 records=${1:-1000000}
-dedupd=${DEDUPD:-target/release/dedupd}
-dedupctl=${DEDUPCTL:-target/release/dedupctl}
 max_s=${CATCH_UP_MAX_S:-600}
 require_built "$dedupd" "$dedupctl"
 local_cluster 771 3

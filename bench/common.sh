@@ -1,5 +1,9 @@
 # Helpers the local-cluster benchmark scripts share; source it: . "$(dirname "$0")/common.sh"
 
+# The binaries the scripts run: DEDUPD and DEDUPCTL, else the release build.
+dedupd=${DEDUPD:-target/release/dedupd}
+dedupctl=${DEDUPCTL:-target/release/dedupctl}
+
 # Exits 2 naming the first of the given executables that is missing.
 require_built() {
   local exe

@@ -17,8 +17,6 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
 . bench/common.sh
 records=${1:-1000000}
-dedupd=${DEDUPD:-target/release/dedupd}
-dedupctl=${DEDUPCTL:-target/release/dedupctl}
 require_built "$dedupd" "$dedupctl"
 nodes=${NODES:-3}
 [[ $nodes == 1 || $nodes == 3 ]] || { echo "NODES must be 1 or 3" >&2; exit 2; }

@@ -90,17 +90,23 @@ struct WindowReader<'a> {
 
 impl io::Read for WindowReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let wanted = (self.len - self.position.min(self.len)).min(buf.len() as u64) as usize;
-        if wanted == 0 {
-            return Ok(0);
-        }
-        let read = self.file.read_at(&mut buf[..wanted], self.offset + self.position)?;
-        if read == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the snapshot file is shorter than its body"));
-        }
-        self.position += read as u64;
-        Ok(read)
+        read_window(self.file, self.offset, self.len, &mut self.position, buf)
     }
+}
+
+/// Reads into `buf` from `position` within the `len` bytes of `file` at `offset`, and moves
+/// `position` on; 0 at the window's end. A file shorter than its window is an error.
+fn read_window(file: &std::fs::File, offset: u64, len: u64, position: &mut u64, buf: &mut [u8]) -> io::Result<usize> {
+    let wanted = (len - (*position).min(len)).min(buf.len() as u64) as usize;
+    if wanted == 0 {
+        return Ok(0);
+    }
+    let read = file.read_at(&mut buf[..wanted], offset + *position)?;
+    if read == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the snapshot file is shorter than its body"));
+    }
+    *position += read as u64;
+    Ok(read)
 }
 
 impl std::fmt::Debug for SnapshotBodyBytes {
@@ -120,20 +126,9 @@ impl AsyncRead for SnapshotBodyBytes {
             Source::File { file, offset, len, position } => {
                 // A positioned read of at most one chunk (openraft reads `snapshot_max_chunk_size`
                 // at a time) from the page cache: short enough to do on the async worker.
-                let wanted = (*len - (*position).min(*len)).min(buf.remaining() as u64) as usize;
-                if wanted == 0 {
-                    return Poll::Ready(Ok(()));
-                }
-                let target = buf.initialize_unfilled_to(wanted);
-                let read = file.read_at(target, *offset + *position)?;
-                if read == 0 {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the snapshot file is shorter than its body",
-                    )));
-                }
+                let target = buf.initialize_unfilled();
+                let read = read_window(file, *offset, *len, position, target)?;
                 buf.advance(read);
-                *position += read as u64;
                 Poll::Ready(Ok(()))
             }
         }
