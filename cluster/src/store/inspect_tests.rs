@@ -14,6 +14,7 @@ use openraft::RaftSnapshotBuilder;
 
 use super::state_machine::INSTALL_CHUNK_PAIRS;
 use super::state_machine::META_INSTALLING;
+use super::state_machine::SNAPSHOT_FILE;
 use super::*;
 use crate::codec;
 use crate::ledger::limits::AUDIT_ENTRIES_MAX;
@@ -78,7 +79,7 @@ pub(super) fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// One replica's state machine on a temporary sled database.
 struct Replica {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// The store's engine, for tests that open the store again: sled's lock outlives a dropped
     /// `Db` for a moment (its flusher thread), so reopening the folder at once can fail.
     engine: Arc<dyn Engine>,
@@ -90,7 +91,7 @@ impl Replica {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(&dir.path().join("sled")).expect("open sled"));
         let store = StateMachineStore::new(engine.clone(), dir.path().join("snapshot"), None).expect("open the store");
-        Replica { _dir: dir, engine, store }
+        Replica { dir, engine, store }
     }
 
     async fn apply(&mut self, entries: Vec<Entry>) -> Vec<EntryResults> {
@@ -460,8 +461,25 @@ fn an_install_over_a_diverged_ledger_of_many_chunks_leaves_exactly_the_snapshot(
         let snapshot = leader.store.get_snapshot_builder().await.build_snapshot().await.expect("a snapshot");
         let digest = leader.digest();
         assert!(digest.pairs > 2 * INSTALL_CHUNK_PAIRS as u64, "several chunks: {digest:?}");
-        follower.store.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        // Received as openraft receives it: chunks written into what begin_receiving_snapshot gave.
+        let mut sent = snapshot.snapshot;
+        let mut received = follower.store.begin_receiving_snapshot().await.expect("begin receiving");
+        let mut chunk = vec![0u8; 4 * 1024];
+        loop {
+            let read = tokio::io::AsyncReadExt::read(&mut sent, &mut chunk).await.expect("read a chunk");
+            if read == 0 {
+                break;
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut received, &chunk[..read]).await.expect("write a chunk");
+        }
+        assert!(received.len() > 2 * chunk.len() as u64, "several received chunks");
+        follower.store.install_snapshot(&snapshot.meta, received).await.expect("install");
         assert_eq!(follower.digest(), digest, "the follower holds the leader's ledger, nothing else");
+        let left: Vec<_> = std::fs::read_dir(follower.dir.path().join("snapshot"))
+            .expect("snapshot folder")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(SNAPSHOT_FILE)], "the received body left no file");
         assert_eq!(follower.reader().total_counts().unwrap(), leader.reader().total_counts().unwrap());
         assert_eq!(follower.reader().applied(), leader.reader().applied());
     });
@@ -470,7 +488,7 @@ fn an_install_over_a_diverged_ledger_of_many_chunks_leaves_exactly_the_snapshot(
 #[test]
 fn an_install_a_crash_interrupted_is_finished_when_the_node_opens() {
     let (leader, follower) = leader_and_diverged_follower();
-    let Replica { _dir: dir, engine: inner, store } = follower;
+    let Replica { dir, engine: inner, store } = follower;
     drop(store);
     block_on(async {
         let mut leader = leader;
@@ -493,7 +511,7 @@ fn an_install_marker_without_its_snapshot_file_is_dropped_and_the_ledger_kept() 
     let mut replica = Replica::open();
     block_on(replica.apply(many_claims(1, "orders", "k", 300)));
     let before = replica.digest();
-    let Replica { _dir: dir, engine, store } = replica;
+    let Replica { dir, engine, store } = replica;
     drop(store);
     // A crash after the marker, before the snapshot file was written: nothing else changed.
     let marker = codec::encode(&Some(LogId::new(CommittedLeaderId::new(9, 2), 5_000))).unwrap();

@@ -1,11 +1,12 @@
-//! The bytes of a snapshot body as openraft moves them (`TypeConfig::SnapshotData`): in memory
-//! (a snapshot just built, or one being received), or a window of the snapshot file that is read
-//! only as far as someone reads it.
+//! The bytes of a snapshot body as openraft moves them (`TypeConfig::SnapshotData`): in memory,
+//! or a window of a file that is read only as far as someone reads it: the snapshot file, or the
+//! unnamed file a body being received is written to.
 //!
 //! openraft asks for the current snapshot when it starts (for its meta alone) and when it sends
 //! the snapshot to a follower (in chunks). Reading the whole file for either made a restart take
 //! seconds per million records and made every send hold the whole body in memory; a file window
-//! costs one open file and a chunk at a time.
+//! costs one open file and a chunk at a time. A received body went to memory too, until the
+//! install ended (99 MiB at 1M records); it now goes to a file in the snapshot folder.
 
 use std::io;
 use std::io::Cursor;
@@ -31,6 +32,8 @@ enum Source {
         offset: u64,
         len: u64,
         position: u64,
+        /// Only a body being received is written (at `position`, growing `len`).
+        writable: bool,
     },
 }
 
@@ -41,7 +44,17 @@ impl SnapshotBodyBytes {
 
     /// The `len` bytes of `file` that start at `offset`.
     pub fn file_window(file: std::fs::File, offset: u64, len: u64) -> SnapshotBodyBytes {
-        SnapshotBodyBytes(Source::File { file, offset, len, position: 0 })
+        SnapshotBodyBytes(Source::File { file, offset, len, position: 0, writable: false })
+    }
+
+    /// An empty body to receive into, kept in a file at `path` that is removed at once: the open
+    /// handle holds the space until the body is dropped, and a crash leaves nothing behind
+    /// (unless it falls between the two calls: `path` should be a name that opening the store
+    /// cleans up). Blocking.
+    pub fn receiving_at(path: &std::path::Path) -> io::Result<SnapshotBodyBytes> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        std::fs::remove_file(path)?;
+        Ok(SnapshotBodyBytes(Source::File { file, offset: 0, len: 0, position: 0, writable: true }))
     }
 
     pub fn len(&self) -> u64 {
@@ -123,7 +136,7 @@ impl AsyncRead for SnapshotBodyBytes {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match &mut self.0 {
             Source::Memory(cursor) => Pin::new(cursor).poll_read(cx, buf),
-            Source::File { file, offset, len, position } => {
+            Source::File { file, offset, len, position, .. } => {
                 // A positioned read of at most one chunk (openraft reads `snapshot_max_chunk_size`
                 // at a time) from the page cache: short enough to do on the async worker.
                 let target = buf.initialize_unfilled();
@@ -170,7 +183,15 @@ impl AsyncWrite for SnapshotBodyBytes {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         match &mut self.0 {
             Source::Memory(cursor) => Pin::new(cursor).poll_write(cx, bytes),
-            Source::File { .. } => Poll::Ready(Err(read_only())),
+            Source::File { writable: false, .. } => Poll::Ready(Err(read_only())),
+            Source::File { file, offset, len, position, writable: true } => {
+                // A positioned write of one received chunk (1 MiB at most, `network.rs`) to the
+                // page cache: short enough to do on the async worker, like the reads.
+                file.write_all_at(bytes, *offset + *position)?;
+                *position += bytes.len() as u64;
+                *len = (*len).max(*position);
+                Poll::Ready(Ok(bytes.len()))
+            }
         }
     }
 
@@ -197,6 +218,29 @@ mod tests {
     use tokio::io::AsyncSeekExt;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_received_body_is_written_at_each_offset_to_a_file_that_leaves_no_name() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("receiving");
+        let mut body = SnapshotBodyBytes::receiving_at(&path).expect("receive file");
+        assert!(!path.exists(), "the name is gone once the file is open");
+        assert!(SnapshotBodyBytes::receiving_at(&path).is_ok(), "so the next receive can use it");
+        // As openraft writes chunks: in order, then one sent again from an earlier offset.
+        let content: Vec<u8> = (0..=255u8).cycle().take(5_000).collect();
+        body.write_all(&content[..2_000]).await.expect("chunk 1");
+        body.write_all(&content[2_000..4_000]).await.expect("chunk 2");
+        body.seek(SeekFrom::Start(2_000)).await.expect("seek back");
+        body.write_all(&content[2_000..]).await.expect("chunk 2 again, and 3");
+        body.shutdown().await.expect("shutdown");
+        assert_eq!(body.len(), 5_000);
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut body.reader(), &mut read).expect("read from the start");
+        assert_eq!(read, content);
+        assert_eq!(body.into_bytes().expect("whole body"), content);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0, "nothing left in the folder");
+    }
 
     fn window_of(content: &[u8], offset: u64, len: u64) -> SnapshotBodyBytes {
         let mut file = tempfile::tempfile().expect("temp file");

@@ -922,8 +922,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
+    /// A body from the leader goes to an unnamed file in the snapshot folder, not to memory: at
+    /// 10M records it is about 1 GB.
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBodyBytes>, StorageError> {
-        Ok(Box::new(SnapshotBodyBytes::in_memory(Vec::new())))
+        let path = temporary_path(self.snapshot_path());
+        let body = tokio::task::spawn_blocking(move || SnapshotBodyBytes::receiving_at(&path))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(body))
     }
 
     async fn install_snapshot(
@@ -1212,16 +1220,22 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// A name beside `path` for a file on its way to becoming `path` (or, for a body being received,
+/// for a moment). Opening the store removes what a crash left under such names. Each is a name
+/// of its own: a process that has not quite ended (or a test harness's previous instance of
+/// this node) may still be writing one.
+fn temporary_path(path: &Path) -> PathBuf {
+    static NAMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_extension(format!("tmp.{}.{n}", std::process::id()))
+}
+
 /// Writes the file `write` produces to `path` so that after a crash the file is either the old
 /// one or the new one.
 /// Returns the file written, open for reading.
 fn write_file_durably(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<std::fs::File> {
     let dir = path.parent().ok_or_else(|| io::Error::other("snapshot path has no directory"))?;
-    // A name of its own: a process that has not quite ended (or a test harness's previous
-    // instance of this node) may still be writing one.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temporary = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+    let temporary = temporary_path(path);
     let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&temporary)?;
     let mut writer = std::io::BufWriter::new(file);
     write(&mut writer)?;
