@@ -147,9 +147,9 @@ const WRITE_OPS_PER_COLLECT_STEP: usize = 256;
 /// collector, which frees garbage only in small steps (8 bags of 64 objects) taken now and then
 /// when a thread pins. A write of thousands of operations makes garbage faster than those steps
 /// free it, so it piles up for good: 1M random keys written 4,096 per batch grew a process to
-/// 5,027 MiB, 2M sorted keys (a snapshot install) to 2,299 MiB. One step per 256 operations
-/// after each write kept them at 239 and 259 MiB, and the sorted write ran 1.5x faster
-/// (a stand-alone sled program, 2026-12-01; docs/architecture.md "Memory").
+/// 4-5 GiB, 2M sorted keys (a snapshot install) to 2.1-2.3 GiB. One step per 256 operations
+/// after each write kept them under 300 MiB (`examples/sled_garbage.rs`; docs/architecture.md,
+/// "sled's garbage").
 fn collect_replaced_pages(ops: usize) {
     for _ in 0..=ops / WRITE_OPS_PER_COLLECT_STEP {
         crossbeam_epoch::pin().flush();
