@@ -451,7 +451,10 @@ async fn keys_are_listed_repaired_and_audited() {
         ctl(&all, &["key", "forget", ns, "gone-1", "--reason", "charge was refunded", "--operator", "bob"]).await;
     assert_eq!(forgotten["action"], "FORGET", "{forgotten}");
     assert_eq!(forgotten["previous"]["state"], "COMPLETED", "{forgotten}");
-    let again = claim(&all, ns, "gone-1", "worker-c").await;
+    // At the leader: it applied the forget before answering it. A follower that has not applied
+    // it yet may still answer COMPLETED from its own state (the duplicate fast path, with the
+    // applied index it reflects); CI caught that race once (applied_index 17, before the forget).
+    let again = claim(&at_leader, ns, "gone-1", "worker-c").await;
     assert!(token_of(&again) > tokens["gone-1"], "{again}");
 
     // Refusals: a missing key, an empty reason.
