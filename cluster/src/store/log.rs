@@ -53,8 +53,10 @@ fn index_key(index: u64) -> Vec<u8> {
     index.to_be_bytes().to_vec()
 }
 
-/// Runs blocking engine work (a flush) off the async workers.
-async fn blocking_io<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+/// Runs blocking storage work (a flush, a snapshot file) off the async workers.
+pub(super) async fn blocking_io<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
 }
 

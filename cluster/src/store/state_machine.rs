@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use super::engine::Engine;
 use super::engine::Space;
 use super::engine::WriteBatch;
+use super::log::blocking_io;
 use super::snapshot_bytes::SnapshotBodyBytes;
 use crate::codec;
 use crate::ledger::apply_entry;
@@ -926,10 +927,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     /// 10M records it is about 1 GB.
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBodyBytes>, StorageError> {
         let path = temporary_path(self.snapshot_path());
-        let body = tokio::task::spawn_blocking(move || SnapshotBodyBytes::receiving_at(&path))
+        let body = blocking_io(move || SnapshotBodyBytes::receiving_at(&path))
             .await
-            .map_err(io::Error::other)
-            .and_then(|r| r)
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(Box::new(body))
     }
@@ -1190,7 +1189,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let engine = self.engine.clone();
         let snapshot_file = self.snapshot_file.clone();
         let write_meta = meta.clone();
-        let body = tokio::task::spawn_blocking(move || -> io::Result<SnapshotBodyBytes> {
+        let body = blocking_io(move || -> io::Result<SnapshotBodyBytes> {
             // The state machine must be durable up to the snapshot point before openraft may
             // purge the logs the snapshot replaces.
             engine.flush()?;
@@ -1213,8 +1212,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             }))
         })
         .await
-        .map_err(io::Error::other)
-        .and_then(|r| r)
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot { meta, snapshot: Box::new(body) })
     }
